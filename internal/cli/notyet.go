@@ -1,0 +1,36 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+)
+
+// notYet builds a command whose implementation a later milestone delivers. It says so plainly
+// and fails, rather than pretending to work.
+func notYet(use, short, milestone string) *cobra.Command {
+	return &cobra.Command{
+		Use:                use,
+		Short:              short + " (not implemented yet)",
+		DisableFlagParsing: true,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return fmt.Errorf("%s is not implemented yet: it arrives with %s; this build can run generate, tokenize and inspect", c.CommandPath(), milestone)
+		},
+	}
+}
+
+func newTrainCmd(*streams) *cobra.Command {
+	return notYet("train", "Train LoRA adapters from a YAML config", "LoRA training on the CPU (issue #3)")
+}
+
+func newMergeCmd(*streams) *cobra.Command {
+	return notYet("merge", "Merge adapters into the base weights", "merge/quantize/eval (issue #6)")
+}
+
+func newQuantizeCmd(*streams) *cobra.Command {
+	return notYet("quantize", "Quantize a base model (NF4, int8)", "merge/quantize/eval (issue #6)")
+}
+
+func newEvalCmd(*streams) *cobra.Command {
+	return notYet("eval", "Evaluate perplexity and loss on a dataset", "merge/quantize/eval (issue #6)")
+}

@@ -1,0 +1,17 @@
+//go:build unix
+
+package safetensors
+
+import (
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// mapFile maps size bytes of f read-only and shared. Pages are read lazily on first touch.
+func mapFile(f *os.File, size int) ([]byte, error) {
+	return unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
+}
+
+// unmapFile releases a mapping made by mapFile.
+func unmapFile(b []byte) error { return unix.Munmap(b) }

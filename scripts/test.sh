@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs loractl's test suite: vet, unit and golden tests, a static build, and a short fuzz run of
+# each parser. Reference data comes from $LORACTL_TESTDATA (default: ../shared beside the clone).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${LORACTL_TESTDATA:-}" ] && [ -d ../shared ]; then
+	LORACTL_TESTDATA=$(cd ../shared && pwd)
+fi
+export LORACTL_TESTDATA="${LORACTL_TESTDATA:-}"
+[ -n "$LORACTL_TESTDATA" ] || echo "warning: LORACTL_TESTDATA is unset and ../shared is missing; golden tests will skip" >&2
+
+FUZZTIME="${FUZZTIME:-15s}"
+
+echo "== go vet"
+go vet ./...
+echo "== static build (CGO_ENABLED=0)"
+CGO_ENABLED=0 go build -o /dev/null ./cmd/loractl
+echo "== fuzz (${FUZZTIME} each)"
+go test -run '^$' -fuzz '^FuzzParseHeader$' -fuzztime "$FUZZTIME" ./internal/safetensors
+go test -run '^$' -fuzz '^FuzzLoad$' -fuzztime "$FUZZTIME" ./internal/tokenizer/sentencepiece
+echo "== go test"
+go test -count=1 ./...
