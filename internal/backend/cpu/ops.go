@@ -1,0 +1,180 @@
+package cpu
+
+import (
+	"math"
+
+	"github.com/loractl/loractl/internal/backend"
+)
+
+// EmbeddingForward gathers table rows: out[n, :] = table[tokens[n], :].
+// out (N, C), table (V, C), N = len(tokens).
+func (be *Backend) EmbeddingForward(out, table backend.Buffer, tokens []int, C int) {
+	o, tab := data(out), data(table)
+	N := len(tokens)
+	need("EmbeddingForward", "out", o, N*C)
+	V := 0
+	if C > 0 {
+		V = len(tab) / C
+	}
+	for n, id := range tokens {
+		if id < 0 || id >= V {
+			panic("cpu: EmbeddingForward: token id out of range (the caller must validate tokens)")
+		}
+		copy(o[n*C:(n+1)*C], tab[id*C:(id+1)*C])
+	}
+}
+
+// RMSNormForward computes out[n, :] = x[n, :] / sqrt(mean(x[n, :]²) + eps) * w.
+// out (N, C), x (N, C), w (C). The mean of squares is accumulated in float64 and the scale
+// rounded to float32, then out = w * (x * scale) in float32 as in Hugging Face. out may be x.
+func (be *Backend) RMSNormForward(out, x, w backend.Buffer, N, C int, eps float32) {
+	o, xs, ws := data(out), data(x), data(w)
+	need("RMSNormForward", "out", o, N*C)
+	need("RMSNormForward", "x", xs, N*C)
+	need("RMSNormForward", "w", ws, C)
+	ws = ws[:C]
+	for n := 0; n < N; n++ {
+		xr := xs[n*C : (n+1)*C] // (C,)
+		or := o[n*C : (n+1)*C]  // (C,)
+		var ss float64
+		for _, v := range xr {
+			ss += float64(v) * float64(v)
+		}
+		scale := float32(1 / math.Sqrt(ss/float64(C)+float64(eps)))
+		for i, v := range xr {
+			or[i] = ws[i] * (v * scale)
+		}
+	}
+}
+
+// RoPEForward rotates x in place (Hugging Face rotate_half layout):
+//
+//	x'[i]     = x[i]·cos(θ_i) − x[i+D/2]·sin(θ_i)
+//	x'[i+D/2] = x[i+D/2]·cos(θ_i) + x[i]·sin(θ_i),   θ_i = float32(pos)·invFreq[i], i < D/2
+//
+// x (B, T, NH, D), invFreq (D/2); row t is at position pos0+t in every batch element. The angle
+// is a float32 product, as in transformers; cos and sin are evaluated in float64 and rounded.
+func (be *Backend) RoPEForward(x, invFreq backend.Buffer, B, T, NH, D, pos0 int) {
+	xs, inv := data(x), data(invFreq)
+	half := D / 2
+	need("RoPEForward", "x", xs, B*T*NH*D)
+	need("RoPEForward", "invFreq", inv, half)
+	for t := 0; t < T; t++ {
+		pos := float32(pos0 + t)
+		for i := 0; i < half; i++ {
+			theta := float64(pos * inv[i])
+			c, s := float32(math.Cos(theta)), float32(math.Sin(theta))
+			for b := 0; b < B; b++ {
+				row := xs[(b*T+t)*NH*D : (b*T+t+1)*NH*D] // (NH, D)
+				for h := 0; h < NH; h++ {
+					x0, x1 := row[h*D+i], row[h*D+i+half]
+					row[h*D+i] = x0*c - x1*s
+					row[h*D+i+half] = x1*c + x0*s
+				}
+			}
+		}
+	}
+}
+
+// AttentionForward computes causal grouped-query attention over a key/value cache.
+// out (B, T, NH·D), q (B, T, NH·D), k (B, S, NKV·D), v (B, S, NKV·D).
+// Query t (position pos0+t) of head h attends to keys 0..pos0+t of KV head h/(NH/NKV):
+// scores = q·k/sqrt(D) in float32, softmax with the maximum subtracted (exp in float64, sum in
+// float64), then out = Σ p_s·v_s accumulated in float32.
+func (be *Backend) AttentionForward(out, q, k, v backend.Buffer, B, T, S, pos0, NH, NKV, D int) {
+	o, qs, ks, vs := data(out), data(q), data(k), data(v)
+	need("AttentionForward", "out", o, B*T*NH*D)
+	need("AttentionForward", "q", qs, B*T*NH*D)
+	need("AttentionForward", "k", ks, B*S*NKV*D)
+	need("AttentionForward", "v", vs, B*S*NKV*D)
+	if pos0+T > S || NKV <= 0 || NH%NKV != 0 {
+		panic("cpu: AttentionForward: need pos0+T <= S and NKV dividing NH")
+	}
+	work := B * NH * T * (pos0 + T) * D // multiply-adds, roughly
+	nw := be.workers(work)
+	if nw == 1 {
+		be.attentionHeads(o, qs, ks, vs, B, T, S, pos0, NH, NKV, D, 0, B*NH)
+		return
+	}
+	parallelFor(B*NH, 1, nw, func(lo, hi int) {
+		be.attentionHeads(o, qs, ks, vs, B, T, S, pos0, NH, NKV, D, lo, hi)
+	})
+}
+
+// attentionHeads runs AttentionForward for the (batch, head) pairs bh in [lo, hi), bh = b·NH + h.
+func (be *Backend) attentionHeads(o, qs, ks, vs []float32, B, T, S, pos0, NH, NKV, D, lo, hi int) {
+	L := pos0 + T      // keys visible to the last query
+	groups := NH / NKV // query heads per KV head
+	scale := float32(1 / math.Sqrt(float64(D)))
+	sp := be.scores(L)
+	att := (*sp)[:L] // (L,) scores, then probabilities
+	for bh := lo; bh < hi; bh++ {
+		b, h := bh/NH, bh%NH
+		kh := h / groups
+		for t := 0; t < T; t++ {
+			n := pos0 + t + 1                                 // visible keys
+			qv := qs[(b*T+t)*NH*D+h*D : (b*T+t)*NH*D+(h+1)*D] // (D,)
+			ov := o[(b*T+t)*NH*D+h*D : (b*T+t)*NH*D+(h+1)*D]  // (D,)
+			maxv := float32(math.Inf(-1))
+			for s := 0; s < n; s++ {
+				kv := ks[(b*S+s)*NKV*D+kh*D : (b*S+s)*NKV*D+(kh+1)*D] // (D,)
+				a := dot1(qv, kv) * scale
+				att[s] = a
+				if a > maxv {
+					maxv = a
+				}
+			}
+			var sum float64
+			for s := 0; s < n; s++ {
+				e := math.Exp(float64(att[s] - maxv))
+				att[s] = float32(e)
+				sum += e
+			}
+			inv := float32(1 / sum)
+			clear(ov)
+			for s := 0; s < n; s++ {
+				p := att[s] * inv
+				vv := vs[(b*S+s)*NKV*D+kh*D : (b*S+s)*NKV*D+(kh+1)*D] // (D,)
+				for d, x := range vv {
+					ov[d] += p * x
+				}
+			}
+		}
+	}
+	be.scratch.Put(sp)
+}
+
+// scores returns a pooled scratch slice with room for at least n floats.
+func (be *Backend) scores(n int) *[]float32 {
+	if sp, ok := be.scratch.Get().(*[]float32); ok && cap(*sp) >= n {
+		return sp
+	}
+	s := make([]float32, n, max(n, 256))
+	return &s
+}
+
+// SwiGLUForward computes out = silu(gate) * up with silu(g) = g / (1 + exp(-g)) (in float64,
+// rounded to float32). out (N), gate (N), up (N); out may alias gate or up.
+func (be *Backend) SwiGLUForward(out, gate, up backend.Buffer, N int) {
+	o, g, u := data(out), data(gate), data(up)
+	need("SwiGLUForward", "out", o, N)
+	need("SwiGLUForward", "gate", g, N)
+	need("SwiGLUForward", "up", u, N)
+	o, g, u = o[:N], g[:N], u[:N]
+	for i := range o {
+		gi := float64(g[i])
+		o[i] = float32(gi/(1+math.Exp(-gi))) * u[i]
+	}
+}
+
+// AddForward computes out = a + b. out (N), a (N), b (N); out may alias a or b.
+func (be *Backend) AddForward(out, a, b backend.Buffer, N int) {
+	o, as, bs := data(out), data(a), data(b)
+	need("AddForward", "out", o, N)
+	need("AddForward", "a", as, N)
+	need("AddForward", "b", bs, N)
+	o, as, bs = o[:N], as[:N], bs[:N]
+	for i := range o {
+		o[i] = as[i] + bs[i]
+	}
+}

@@ -1,0 +1,187 @@
+package model
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/loractl/loractl/internal/backend"
+	"github.com/loractl/loractl/internal/safetensors"
+)
+
+// layerWeights holds one decoder block's parameters on the backend. Optional entries are nil
+// when the architecture has no such tensor.
+type layerWeights struct {
+	attnNorm backend.Buffer // (C) input_layernorm
+	wq       backend.Buffer // (NH·D, C)
+	wk       backend.Buffer // (NKV·D, C)
+	wv       backend.Buffer // (NKV·D, C)
+	wo       backend.Buffer // (C, NH·D)
+	bq       backend.Buffer // (NH·D) or nil
+	bk       backend.Buffer // (NKV·D) or nil
+	bv       backend.Buffer // (NKV·D) or nil
+	bo       backend.Buffer // (C) or nil
+	qNorm    backend.Buffer // (D) or nil (qwen3)
+	kNorm    backend.Buffer // (D) or nil (qwen3)
+	mlpNorm  backend.Buffer // (C) post_attention_layernorm
+	wGate    backend.Buffer // (F, C)
+	wUp      backend.Buffer // (F, C)
+	wDown    backend.Buffer // (C, F)
+	bGate    backend.Buffer // (F) or nil (llama mlp_bias)
+	bUp      backend.Buffer // (F) or nil
+	bDown    backend.Buffer // (C) or nil
+}
+
+// tensorSpec is one tensor the config says the checkpoint must hold.
+type tensorSpec struct {
+	name  string
+	shape []int
+	dst   *backend.Buffer
+}
+
+// specs lists every tensor of the model, in checkpoint naming, with its expected shape and
+// where it goes. lm_head is left out when the embeddings are tied.
+func (m *Model) specs() []tensorSpec {
+	c := m.cfg
+	C, F, V, D := c.HiddenSize, c.IntermediateSize, c.VocabSize, c.HeadDim
+	Q, KV := c.QDim(), c.KVDim()
+	s := []tensorSpec{{"model.embed_tokens.weight", []int{V, C}, &m.embed}}
+	for l := range m.layers {
+		w := &m.layers[l]
+		p := fmt.Sprintf("model.layers.%d.", l)
+		s = append(s,
+			tensorSpec{p + "input_layernorm.weight", []int{C}, &w.attnNorm},
+			tensorSpec{p + "self_attn.q_proj.weight", []int{Q, C}, &w.wq},
+			tensorSpec{p + "self_attn.k_proj.weight", []int{KV, C}, &w.wk},
+			tensorSpec{p + "self_attn.v_proj.weight", []int{KV, C}, &w.wv},
+			tensorSpec{p + "self_attn.o_proj.weight", []int{C, Q}, &w.wo},
+			tensorSpec{p + "post_attention_layernorm.weight", []int{C}, &w.mlpNorm},
+			tensorSpec{p + "mlp.gate_proj.weight", []int{F, C}, &w.wGate},
+			tensorSpec{p + "mlp.up_proj.weight", []int{F, C}, &w.wUp},
+			tensorSpec{p + "mlp.down_proj.weight", []int{C, F}, &w.wDown},
+		)
+		if c.QKVBias() {
+			s = append(s,
+				tensorSpec{p + "self_attn.q_proj.bias", []int{Q}, &w.bq},
+				tensorSpec{p + "self_attn.k_proj.bias", []int{KV}, &w.bk},
+				tensorSpec{p + "self_attn.v_proj.bias", []int{KV}, &w.bv},
+			)
+		}
+		if c.OBias() {
+			s = append(s, tensorSpec{p + "self_attn.o_proj.bias", []int{C}, &w.bo})
+		}
+		if c.QKNorm() {
+			s = append(s,
+				tensorSpec{p + "self_attn.q_norm.weight", []int{D}, &w.qNorm},
+				tensorSpec{p + "self_attn.k_norm.weight", []int{D}, &w.kNorm},
+			)
+		}
+		if c.MLPBias {
+			s = append(s,
+				tensorSpec{p + "mlp.gate_proj.bias", []int{F}, &w.bGate},
+				tensorSpec{p + "mlp.up_proj.bias", []int{F}, &w.bUp},
+				tensorSpec{p + "mlp.down_proj.bias", []int{C}, &w.bDown},
+			)
+		}
+	}
+	s = append(s, tensorSpec{"model.norm.weight", []int{C}, &m.norm})
+	if !c.TieWordEmbeddings {
+		s = append(s, tensorSpec{"lm_head.weight", []int{V, C}, &m.lmHead})
+	}
+	return s
+}
+
+// Load reads dir/config.json and the safetensors weights in dir (one file or an index with
+// shards), converts them to float32 (F32, BF16 and F16 are accepted) and uploads them to b.
+// Every tensor's shape is checked against the config; all missing tensors are reported in one
+// error. Tensors the model does not use (e.g. rotary_emb.inv_freq) are ignored.
+func Load(dir string, b backend.Backend) (*Model, error) {
+	cfg, err := LoadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	ck, err := safetensors.OpenCheckpoint(dir)
+	if err != nil {
+		return nil, fmt.Errorf("load %s model weights: %w", cfg.ModelType, err)
+	}
+	defer ck.Close()
+	m, err := newModel(cfg, b)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.loadWeights(ck, dir); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// loadWeights checks every expected tensor of ck, then converts and uploads them.
+func (m *Model) loadWeights(ck *safetensors.Checkpoint, dir string) error {
+	specs := m.specs()
+	where := dir
+	if files := ck.Files(); len(files) == 1 {
+		where = files[0]
+	}
+
+	// Presence first, so that one error lists everything that is missing.
+	var missing []string
+	for _, s := range specs {
+		if _, ok := ck.Info(s.name); !ok {
+			missing = append(missing, s.name)
+		}
+	}
+	if len(missing) > 0 {
+		const show = 10
+		list := strings.Join(missing[:min(show, len(missing))], ", ")
+		if len(missing) > show {
+			list += fmt.Sprintf(", ... (%d more)", len(missing)-show)
+		}
+		hint := "the checkpoint does not match config.json (model_type " + m.cfg.ModelType + ")"
+		if !m.cfg.TieWordEmbeddings && slices.Contains(missing, "lm_head.weight") && len(missing) == 1 {
+			hint = "config.json says tie_word_embeddings=false; set it to true if lm_head shares embed_tokens"
+		}
+		return fmt.Errorf("%s: %d of %d tensors missing: %s; %s", where, len(missing), len(specs), list, hint)
+	}
+
+	// Shapes and dtypes.
+	var bad []string
+	for _, s := range specs {
+		info, _ := ck.Info(s.name)
+		if !slices.Equal(info.Shape, s.shape) {
+			bad = append(bad, fmt.Sprintf("%s has shape %v, want %v", s.name, info.Shape, s.shape))
+			continue
+		}
+		switch info.DType {
+		case safetensors.F32, safetensors.BF16, safetensors.F16:
+		default:
+			bad = append(bad, fmt.Sprintf("%s has dtype %s, want F32, BF16 or F16", s.name, info.DType))
+		}
+	}
+	if len(bad) > 0 {
+		more := ""
+		if len(bad) > 5 {
+			more = fmt.Sprintf("; ... (%d more)", len(bad)-5)
+			bad = bad[:5]
+		}
+		return fmt.Errorf("%s: tensors do not match config.json (%s): %s%s; check that config.json belongs to these weights",
+			where, m.cfg.Path, strings.Join(bad, "; "), more)
+	}
+
+	// Convert and upload.
+	for _, s := range specs {
+		vals, err := ck.Float32(s.name) // (numel,)
+		if err != nil {
+			return fmt.Errorf("%s: read %s: %w", where, s.name, err)
+		}
+		buf := m.be.Alloc(len(vals))
+		if err := m.be.Upload(buf, vals); err != nil {
+			return fmt.Errorf("upload %s to %s: %w", s.name, m.be.Name(), err)
+		}
+		*s.dst = buf
+	}
+	if m.cfg.TieWordEmbeddings {
+		m.lmHead = m.embed
+	}
+	return nil
+}
