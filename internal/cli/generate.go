@@ -121,7 +121,7 @@ func runGenerate(s *streams, o *generateOptions) error {
 		return err
 	})
 	elapsed := time.Since(start)
-	fmt.Fprintln(s.Out)
+	fmt.Fprintln(s.Out, dec.Flush())
 	if err != nil {
 		return err
 	}

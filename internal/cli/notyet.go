@@ -14,7 +14,7 @@ func notYet(use, short, milestone string) *cobra.Command {
 		Short:              short + " (not implemented yet)",
 		DisableFlagParsing: true,
 		RunE: func(c *cobra.Command, _ []string) error {
-			return fmt.Errorf("%s is not implemented yet: it arrives with %s; this build can run generate, tokenize and inspect", c.CommandPath(), milestone)
+			return fmt.Errorf("%s is not implemented yet: it arrives with %s; this build can run generate, tokenize and inspect", c.Name(), milestone)
 		},
 	}
 }

@@ -54,7 +54,7 @@ and writes them in the PEFT format, on the CPU or an NVIDIA GPU.`,
 	root.SetOut(s.Out)
 	root.SetErr(s.Err)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return usageError{fmt.Errorf("%s: %v (see '%s --help')", c.CommandPath(), err, c.CommandPath())}
+		return usageError{fmt.Errorf("%s: %v (see '%s --help')", c.Name(), err, c.CommandPath())}
 	})
 	root.AddCommand(
 		newTrainCmd(s),

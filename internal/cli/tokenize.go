@@ -19,6 +19,7 @@ type tokenizeOptions struct {
 	JSON      bool   `mapstructure:"json"`
 	JSONL     bool   `mapstructure:"jsonl"`
 	Decode    string `mapstructure:"decode"`
+	SkipSpec  bool   `mapstructure:"skip-special"`
 }
 
 func newTokenizeCmd(s *streams) *cobra.Command {
@@ -29,7 +30,8 @@ func newTokenizeCmd(s *streams) *cobra.Command {
 prints the ids on one line. The model folder needs only the tokenizer files, not weights.
 
   --json      print {"ids":[...],"tokens":[...]} instead
-  --decode    print the text of comma-separated ids
+  --decode    print the text of comma-separated ids (special tokens included, as
+              transformers' decode does; --skip-special leaves them out)
   --jsonl     read one JSON string per line on stdin, write one {"ids":[...]} line per input`,
 		Example: `  loractl tokenize --model ./stories260K "Once upon a time"
   loractl tokenize --model ./stories260K --decode 1,403,407,261,378
@@ -49,6 +51,7 @@ prints the ids on one line. The model folder needs only the tokenizer files, not
 	f.Bool("json", false, "print JSON with ids and token strings")
 	f.Bool("jsonl", false, "batch mode: one JSON string per stdin line in, one {\"ids\":[...]} per line out")
 	f.String("decode", "", "comma-separated ids to decode to text")
+	f.Bool("skip-special", false, "with --decode: leave special tokens (BOS, EOS, ...) out of the text")
 	return c
 }
 
@@ -76,7 +79,11 @@ func runTokenize(s *streams, o *tokenizeOptions, args []string) error {
 		if err != nil {
 			return usageError{err}
 		}
-		_, err = fmt.Fprintln(s.Out, tok.Decode(ids))
+		text := tok.Decode(ids)
+		if sk, ok := tok.(interface{ DecodeSkipSpecial([]int) string }); ok && o.SkipSpec {
+			text = sk.DecodeSkipSpecial(ids)
+		}
+		_, err = fmt.Fprintln(s.Out, text)
 		return err
 	case o.JSONL:
 		return tokenizeJSONL(s, tok, !o.NoSpecial)
