@@ -119,12 +119,16 @@ func TestBadInput(t *testing.T) {
 		{"out-of-range offsets", []string{"inspect", st2}, []string{st2, "offset"}},
 		{"unsupported architecture", []string{"generate", "--model", unsupported, "--prompt", "hi"}, []string{"config.json", "gpt_neox", "supported"}},
 		{"missing tokenizer", []string{"generate", "--model", noTok, "--prompt", "hi"}, []string{noTok, "tokenizer"}},
-		{"prompt longer than context", []string{"generate", "--model", stories(t), "--prompt", long, "-n", "4"}, []string{"prompt", "512"}},
+		{"prompt longer than context", []string{"generate", "--model", stories(t), "--prompt", long, "-n", "4"}, []string{"prompt", "512", "shorter prompt"}},
+		{"prompt plus -n longer than context", []string{"generate", "--model", stories(t), "--prompt", "Once upon a time", "-n", "600"}, []string{"-n of at most 507"}},
 		{"tokenize missing dir", []string{"tokenize", "--model", "/nonexistent/model", "x"}, []string{"/nonexistent/model"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			code, _, errs := run(t, "", c.args...)
+			code, out, errs := run(t, "", c.args...)
+			if out != "" {
+				t.Errorf("a failed command printed %q on stdout", out)
+			}
 			if code != 1 {
 				t.Fatalf("exit %d, want 1; stderr %q", code, errs)
 			}

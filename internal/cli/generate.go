@@ -106,9 +106,17 @@ func runGenerate(s *streams, o *generateOptions) error {
 	}
 
 	// Stream the prompt, then each new token, through one decoder so spacing is exact.
+	// The prompt is echoed once the first token arrives, so that a prompt the model
+	// rejects (too long for its context) is not printed before the error.
 	dec := tokenizer.NewStreamDecoder(tok)
-	for _, id := range prompt {
-		fmt.Fprint(s.Out, dec.Next(id))
+	echoed := false
+	echoPrompt := func() {
+		if !echoed {
+			echoed = true
+			for _, id := range prompt {
+				fmt.Fprint(s.Out, dec.Next(id))
+			}
+		}
 	}
 	sampler := model.NewSampler(float32(o.Temperature), o.TopK, float32(o.TopP), o.Seed)
 	start := time.Now()
@@ -117,10 +125,15 @@ func runGenerate(s *streams, o *generateOptions) error {
 		if first == 0 {
 			first = time.Since(start)
 		}
+		echoPrompt()
 		_, err := fmt.Fprint(s.Out, dec.Next(id))
 		return err
 	})
 	elapsed := time.Since(start)
+	if err != nil && !echoed {
+		return err
+	}
+	echoPrompt()
 	fmt.Fprintln(s.Out, dec.Flush())
 	if err != nil {
 		return err

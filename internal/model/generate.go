@@ -30,8 +30,11 @@ func Generate(m *Model, prompt []int, n int, s *Sampler, stop []int, onToken fun
 		return nil, fmt.Errorf("generate: the number of new tokens must not be negative, got %d", n)
 	case s == nil:
 		return nil, errors.New("generate: no sampler (use NewSampler(0, 0, 1, seed) for greedy decoding)")
+	case len(prompt) > cfg.MaxPositionEmbeddings:
+		return nil, fmt.Errorf("generate: the prompt has %d tokens, longer than the model's context (max_position_embeddings %d); use a shorter prompt",
+			len(prompt), cfg.MaxPositionEmbeddings)
 	case len(prompt)+n > cfg.MaxPositionEmbeddings:
-		return nil, fmt.Errorf("generate: prompt of %d tokens + %d new tokens = %d exceeds the model's max_position_embeddings %d; use a shorter prompt or a smaller -n (at most %d here)",
+		return nil, fmt.Errorf("generate: prompt of %d tokens + %d new tokens = %d exceeds the model's max_position_embeddings %d; use a shorter prompt or -n of at most %d",
 			len(prompt), n, len(prompt)+n, cfg.MaxPositionEmbeddings, max(cfg.MaxPositionEmbeddings-len(prompt), 0))
 	}
 	out := make([]int, 0, n)

@@ -90,7 +90,10 @@ func TestGenerateCallbackAndEdges(t *testing.T) {
 	wantErr(t, err, "empty prompt", "BOS token, id 1")
 
 	_, err = Generate(m, make([]int, 10), 55, greedy, nil, nil)
-	wantErr(t, err, "prompt of 10 tokens", "55 new tokens", "max_position_embeddings 64", "shorter prompt or a smaller -n (at most 54")
+	wantErr(t, err, "prompt of 10 tokens", "55 new tokens", "max_position_embeddings 64", "shorter prompt or -n of at most 54")
+
+	_, err = Generate(m, make([]int, 65), 0, greedy, nil, nil)
+	wantErr(t, err, "the prompt has 65 tokens", "max_position_embeddings 64", "use a shorter prompt")
 
 	_, err = Generate(m, []int{1}, -1, greedy, nil, nil)
 	wantErr(t, err, "must not be negative")
