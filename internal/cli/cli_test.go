@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"github.com/loractl/loractl/internal/refdata"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,17 +20,7 @@ func run(t *testing.T, stdin string, args ...string) (code int, stdout, stderr s
 	return code, out.String(), errb.String()
 }
 
-// testdata returns the shared reference folder or skips.
-func testdata(t *testing.T) string {
-	t.Helper()
-	d := os.Getenv(TestdataEnv)
-	if d == "" {
-		t.Skip("LORACTL_TESTDATA not set: point it at the shared reference folder (e.g. export LORACTL_TESTDATA=$(realpath ../shared))")
-	}
-	return d
-}
-
-func stories(t *testing.T) string { return filepath.Join(testdata(t), "models", "stories260K") }
+func stories(t *testing.T) string { return filepath.Join(refdata.Dir(t), "models", "stories260K") }
 
 // copyModel copies the stories260K folder into a temp dir so a test can break one file.
 func copyModel(t *testing.T, skip ...string) string {
@@ -85,7 +76,7 @@ func TestUnimplementedCommandsSaySo(t *testing.T) {
 // TestBadInput checks that each broken input gives one line on stderr that names the file and
 // the problem, exit code 1, and no panic.
 func TestBadInput(t *testing.T) {
-	testdata(t)
+	refdata.Dir(t)
 	truncated := copyModel(t)
 	st := filepath.Join(truncated, "model.safetensors")
 	b, _ := os.ReadFile(st)

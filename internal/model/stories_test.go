@@ -1,54 +1,13 @@
 package model
 
 import (
-	"bufio"
-	"encoding/json"
+	"github.com/loractl/loractl/internal/refdata"
 	"math"
-	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/loractl/loractl/internal/backend/cpu"
 )
-
-// testdataDir returns $LORACTL_TESTDATA or skips the test.
-func testdataDir(tb testing.TB) string {
-	tb.Helper()
-	dir := os.Getenv("LORACTL_TESTDATA")
-	if dir == "" {
-		tb.Skip("LORACTL_TESTDATA not set: point it at the shared reference folder (e.g. export LORACTL_TESTDATA=$(realpath ../shared))")
-	}
-	return dir
-}
-
-// storiesDir returns the stories260K model directory.
-func storiesDir(tb testing.TB) string {
-	return filepath.Join(testdataDir(tb), "models", "stories260K")
-}
-
-// readJSONL decodes every line of path into a new T.
-func readJSONL[T any](tb testing.TB, path string) []T {
-	tb.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer f.Close()
-	var out []T
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 16<<20)
-	for sc.Scan() {
-		var v T
-		if err := json.Unmarshal(sc.Bytes(), &v); err != nil {
-			tb.Fatalf("%s: %v", path, err)
-		}
-		out = append(out, v)
-	}
-	if err := sc.Err(); err != nil {
-		tb.Fatal(err)
-	}
-	return out
-}
 
 type logitsRef struct {
 	Name   string      `json:"name"`
@@ -64,7 +23,7 @@ type greedyRef struct {
 
 func loadStories(tb testing.TB) *Model {
 	tb.Helper()
-	m, err := Load(storiesDir(tb), cpu.New())
+	m, err := Load(refdata.Stories260K(tb), cpu.New())
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -81,7 +40,7 @@ func maxAbsDiff(got, want []float32) (diff, ref float64) {
 }
 
 func TestStoriesConfig(t *testing.T) {
-	cfg, err := LoadConfig(storiesDir(t))
+	cfg, err := LoadConfig(refdata.Stories260K(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +65,7 @@ func TestStoriesConfig(t *testing.T) {
 }
 
 func TestStoriesLogits(t *testing.T) {
-	refs := readJSONL[logitsRef](t, filepath.Join(storiesDir(t), "reference", "logits.jsonl"))
+	refs := refdata.ReadJSONL[logitsRef](t, filepath.Join(refdata.Stories260K(t), "reference", "logits.jsonl"))
 	if len(refs) != 3 {
 		t.Fatalf("logits.jsonl: %d sequences, want 3", len(refs))
 	}
@@ -165,7 +124,7 @@ func TestStoriesLogits(t *testing.T) {
 }
 
 func TestStoriesGreedy(t *testing.T) {
-	refs := readJSONL[greedyRef](t, filepath.Join(storiesDir(t), "reference", "greedy.jsonl"))
+	refs := refdata.ReadJSONL[greedyRef](t, filepath.Join(refdata.Stories260K(t), "reference", "greedy.jsonl"))
 	if len(refs) != 6 {
 		t.Fatalf("greedy.jsonl: %d prompts, want 6", len(refs))
 	}

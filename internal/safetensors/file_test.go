@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/loractl/loractl/internal/refdata"
 	"math"
 	"os"
 	"path/filepath"
@@ -13,18 +14,8 @@ import (
 	"testing"
 )
 
-// testdata returns the shared reference folder, or skips the test.
-func testdata(t testing.TB) string {
-	t.Helper()
-	dir := os.Getenv("LORACTL_TESTDATA")
-	if dir == "" {
-		t.Skip("LORACTL_TESTDATA not set: point it at the shared reference folder (e.g. export LORACTL_TESTDATA=$(realpath ../shared))")
-	}
-	return dir
-}
-
 func storiesPath(t testing.TB) string {
-	return filepath.Join(testdata(t), "models", "stories260K", "model.safetensors")
+	return filepath.Join(refdata.Dir(t), "models", "stories260K", "model.safetensors")
 }
 
 // readF32 decodes little-endian float32s by hand, independently of the package.
@@ -114,7 +105,7 @@ func TestStories260KValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	bin, err := os.ReadFile(filepath.Join(testdata(t), "models", "stories260K", "llama2c", "stories260K.bin"))
+	bin, err := os.ReadFile(filepath.Join(refdata.Dir(t), "models", "stories260K", "llama2c", "stories260K.bin"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,9 +1,7 @@
 package tokenizer
 
 import (
-	"bufio"
-	"encoding/json"
-	"os"
+	"github.com/loractl/loractl/internal/refdata"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -13,47 +11,11 @@ import (
 	"golang.org/x/text/unicode/norm"
 )
 
-// testdata returns the shared reference folder or skips the test.
-func testdata(t testing.TB) string {
-	t.Helper()
-	dir := os.Getenv("LORACTL_TESTDATA")
-	if dir == "" {
-		t.Skip("LORACTL_TESTDATA not set: point it at the shared reference folder (e.g. export LORACTL_TESTDATA=$(realpath ../shared))")
-	}
-	return dir
-}
-
 // refLine is one line of a reference .jsonl file.
 type refLine struct {
 	Text string `json:"text"`
 	IDs  []int  `json:"ids"`
 	Add  bool   `json:"add_special_tokens"`
-}
-
-func readRef(t testing.TB, path string) []refLine {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatalf("reference file: %v", err)
-	}
-	defer f.Close()
-	var out []refLine
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<26)
-	for sc.Scan() {
-		var l refLine
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			t.Fatalf("%s line %d: %v", path, len(out)+1, err)
-		}
-		out = append(out, l)
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	if len(out) == 0 {
-		t.Fatalf("%s: no lines", path)
-	}
-	return out
 }
 
 // refCase names a tokenizer and its reference file, relative to LORACTL_TESTDATA.
@@ -110,11 +72,11 @@ func equalIDs(a, b []int) bool {
 // TestReferenceEncodings checks every line of every reference file: the ids must be
 // identical.
 func TestReferenceEncodings(t *testing.T) {
-	root := testdata(t)
+	root := refdata.Dir(t)
 	for _, rc := range refCases {
 		t.Run(rc.name, func(t *testing.T) {
 			tk := loadCached(t, filepath.Join(root, rc.dir))
-			lines := readRef(t, filepath.Join(root, rc.ref))
+			lines := refdata.ReadJSONL[refLine](t, filepath.Join(root, rc.ref))
 			bad := 0
 			for n, l := range lines {
 				got := tk.Encode(l.Text, l.Add)
@@ -148,11 +110,11 @@ func window(ids []int, i int) []int { return ids[i:min(len(ids), i+5)] }
 // lose: the leading space the decoder strips, the "▁" prefix of sections after added tokens,
 // and "▁" characters in the text (decoded as spaces).
 func TestDecodeRoundTrip(t *testing.T) {
-	root := testdata(t)
+	root := refdata.Dir(t)
 	for _, rc := range refCases {
 		t.Run(rc.name, func(t *testing.T) {
 			tk := loadCached(t, filepath.Join(root, rc.dir))
-			lines := readRef(t, filepath.Join(root, rc.ref))
+			lines := refdata.ReadJSONL[refLine](t, filepath.Join(root, rc.ref))
 			spm := rc.name == "llama2" || rc.name == "mistral" || rc.name == "stories260K"
 			bad := 0
 			for _, l := range lines {
@@ -204,11 +166,11 @@ func addSectionSpaces(tk *Tokenizer, text string) string {
 // TestStreamDecoder checks that streaming the ids of each reference text gives the same
 // text as decoding them at once.
 func TestStreamDecoder(t *testing.T) {
-	root := testdata(t)
+	root := refdata.Dir(t)
 	for _, rc := range refCases {
 		t.Run(rc.name, func(t *testing.T) {
 			tk := loadCached(t, filepath.Join(root, rc.dir))
-			lines := readRef(t, filepath.Join(root, rc.ref))
+			lines := refdata.ReadJSONL[refLine](t, filepath.Join(root, rc.ref))
 			for _, l := range lines {
 				d := NewStreamDecoder(tk)
 				var b strings.Builder
@@ -226,14 +188,14 @@ func TestStreamDecoder(t *testing.T) {
 
 // BenchmarkEncodeReferences encodes all lines of all reference files.
 func BenchmarkEncodeReferences(b *testing.B) {
-	root := testdata(b)
+	root := refdata.Dir(b)
 	type job struct {
 		tk    *Tokenizer
 		lines []refLine
 	}
 	var jobs []job
 	for _, rc := range refCases {
-		jobs = append(jobs, job{loadCached(b, filepath.Join(root, rc.dir)), readRef(b, filepath.Join(root, rc.ref))})
+		jobs = append(jobs, job{loadCached(b, filepath.Join(root, rc.dir)), refdata.ReadJSONL[refLine](b, filepath.Join(root, rc.ref))})
 	}
 	b.ResetTimer()
 	for b.Loop() {
@@ -248,9 +210,9 @@ func BenchmarkEncodeReferences(b *testing.B) {
 // TestConcurrentEncode encodes the llama3 reference texts from several goroutines at once
 // (the per-word cache is shared) and checks every result.
 func TestConcurrentEncode(t *testing.T) {
-	root := testdata(t)
+	root := refdata.Dir(t)
 	tk := loadCached(t, filepath.Join(root, "tokenizers/llama3"))
-	lines := readRef(t, filepath.Join(root, "tokenizers/llama3/reference.jsonl"))
+	lines := refdata.ReadJSONL[refLine](t, filepath.Join(root, "tokenizers/llama3/reference.jsonl"))
 	var wg sync.WaitGroup
 	errs := make(chan string, 4)
 	for g := range 4 {

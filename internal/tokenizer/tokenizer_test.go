@@ -3,6 +3,7 @@ package tokenizer
 import (
 	"encoding/json"
 	"errors"
+	"github.com/loractl/loractl/internal/refdata"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -14,7 +15,7 @@ import (
 // TestChatReference encodes the rendered chat templates of llama3 and qwen3 (special
 // tokens written in the text, add_special_tokens=false).
 func TestChatReference(t *testing.T) {
-	root := testdata(t)
+	root := refdata.Dir(t)
 	for _, name := range []string{"llama3", "qwen3"} {
 		t.Run(name, func(t *testing.T) {
 			dir := filepath.Join(root, "tokenizers", name)
@@ -52,7 +53,7 @@ func TestChatReference(t *testing.T) {
 // TestAddedTokens checks that added tokens in a text are cut out whole, never split by
 // BPE, and that the text around them is encoded as it would be on its own.
 func TestAddedTokens(t *testing.T) {
-	root := testdata(t)
+	root := refdata.Dir(t)
 	qwen := loadCached(t, filepath.Join(root, "tokenizers/qwen3"))
 	llama := loadCached(t, filepath.Join(root, "tokenizers/llama2"))
 	id := func(tk *Tokenizer, s string) int {
@@ -360,7 +361,7 @@ func TestDecodeUTF8Lossy(t *testing.T) {
 // CJK with Llama 2's byte fallback) and checks nothing is printed half-way and Flush
 // returns what an unfinished character left.
 func TestStreamDecoderBytes(t *testing.T) {
-	root := testdata(t)
+	root := refdata.Dir(t)
 	for _, name := range []string{"llama2", "llama3"} {
 		tk := loadCached(t, filepath.Join(root, "tokenizers", name))
 		text := "Hi 😀 there 中文 ok"
@@ -395,7 +396,7 @@ func TestStreamDecoderBytes(t *testing.T) {
 // TestGPT2 checks gpt-3-encoder semantics: <|endoftext|> in text is plain text, but it is
 // EOS and decodes as itself.
 func TestGPT2(t *testing.T) {
-	root := testdata(t)
+	root := refdata.Dir(t)
 	tk := loadCached(t, filepath.Join(root, "tokenizers/gpt2"))
 	eot, ok := tk.TokenToID("<|endoftext|>")
 	if !ok || tk.EOS() != eot {

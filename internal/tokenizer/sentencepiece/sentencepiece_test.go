@@ -1,9 +1,8 @@
 package sentencepiece
 
 import (
-	"bufio"
 	"encoding/binary"
-	"encoding/json"
+	"github.com/loractl/loractl/internal/refdata"
 	"math"
 	"os"
 	"path/filepath"
@@ -11,16 +10,6 @@ import (
 	"strings"
 	"testing"
 )
-
-// testdata returns the shared reference folder or skips the test.
-func testdata(t testing.TB) string {
-	t.Helper()
-	dir := os.Getenv("LORACTL_TESTDATA")
-	if dir == "" {
-		t.Skip("LORACTL_TESTDATA not set: point it at the shared reference folder (e.g. export LORACTL_TESTDATA=$(realpath ../shared))")
-	}
-	return dir
-}
 
 // referenceFiles pairs each sentencepiece model with the ids Python
 // sentencepiece 0.1.97 produced for it.
@@ -37,32 +26,6 @@ type referenceLine struct {
 	AddSpecial bool   `json:"add_special_tokens"`
 }
 
-func readReference(t testing.TB, path string) []referenceLine {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatalf("open reference: %v", err)
-	}
-	defer f.Close()
-	var lines []referenceLine
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<26)
-	for sc.Scan() {
-		var l referenceLine
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			t.Fatalf("%s line %d: %v", path, len(lines)+1, err)
-		}
-		lines = append(lines, l)
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatalf("read %s: %v", path, err)
-	}
-	if len(lines) == 0 {
-		t.Fatalf("%s has no lines", path)
-	}
-	return lines
-}
-
 func loadReferenceModel(t testing.TB, dir, rel string) *Model {
 	t.Helper()
 	m, err := Load(filepath.Join(dir, rel))
@@ -74,11 +37,11 @@ func loadReferenceModel(t testing.TB, dir, rel string) *Model {
 
 // TestReferenceEncode checks every line of the sentencepiece reference files.
 func TestReferenceEncode(t *testing.T) {
-	dir := testdata(t)
+	dir := refdata.Dir(t)
 	for _, rf := range referenceFiles {
 		t.Run(rf.name, func(t *testing.T) {
 			m := loadReferenceModel(t, dir, rf.model)
-			lines := readReference(t, filepath.Join(dir, rf.reference))
+			lines := refdata.ReadJSONL[referenceLine](t, filepath.Join(dir, rf.reference))
 			mismatches := 0
 			for i, l := range lines {
 				got := m.Encode(l.Text, l.AddSpecial)
@@ -98,12 +61,12 @@ func TestReferenceEncode(t *testing.T) {
 // TestReferenceDecode decodes the reference ids back to text. Decoding must
 // give back the input up to what the normalizer changed (see normalizedText).
 func TestReferenceDecode(t *testing.T) {
-	dir := testdata(t)
+	dir := refdata.Dir(t)
 	for _, rf := range referenceFiles {
 		t.Run(rf.name, func(t *testing.T) {
 			m := loadReferenceModel(t, dir, rf.model)
 			bad := 0
-			for i, l := range readReference(t, filepath.Join(dir, rf.reference)) {
+			for i, l := range refdata.ReadJSONL[referenceLine](t, filepath.Join(dir, rf.reference)) {
 				want := normalizedText(m, l.Text)
 				if got := m.Decode(l.IDs); got != want {
 					bad++
@@ -145,7 +108,7 @@ func collapseSpaces(s string) string {
 }
 
 func TestModelInfo(t *testing.T) {
-	dir := testdata(t)
+	dir := refdata.Dir(t)
 	tests := []struct {
 		model          string
 		vocab          int
@@ -205,7 +168,7 @@ func TestModelInfo(t *testing.T) {
 // normalization) on texts outside the reference files, including text the
 // model only covers through byte fallback.
 func TestRoundTrip(t *testing.T) {
-	dir := testdata(t)
+	dir := refdata.Dir(t)
 	texts := []string{
 		"",
 		"Hello world",
@@ -240,7 +203,7 @@ func TestRoundTrip(t *testing.T) {
 // the Llama 2 model, whose pieces are looked up by name. The expected
 // strings are what Python sentencepiece 0.1.97's decode_ids returns.
 func TestDecodeRules(t *testing.T) {
-	dir := testdata(t)
+	dir := refdata.Dir(t)
 	m := loadReferenceModel(t, dir, referenceFiles[0].model)
 	id := func(p string) int {
 		t.Helper()
@@ -375,7 +338,7 @@ func appendBytesField(b []byte, num int, payload []byte) []byte {
 // TestTruncatedRealModels loads every prefix length class of the real model
 // files: none may panic, and a prefix that parses must still encode.
 func TestTruncatedRealModels(t *testing.T) {
-	dir := testdata(t)
+	dir := refdata.Dir(t)
 	for _, rf := range referenceFiles {
 		data, err := os.ReadFile(filepath.Join(dir, rf.model))
 		if err != nil {
@@ -432,7 +395,7 @@ func FuzzLoad(f *testing.F) {
 }
 
 func BenchmarkEncodeLlama2(b *testing.B) {
-	dir := testdata(b)
+	dir := refdata.Dir(b)
 	m := loadReferenceModel(b, dir, referenceFiles[0].model)
 	text, err := os.ReadFile(filepath.Join(dir, "data/kjv.txt"))
 	if err != nil {
