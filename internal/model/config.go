@@ -27,38 +27,38 @@ var supportedTypes = []string{"llama", "mistral", "qwen2", "qwen3"}
 // RoPEScaling is the rope_scaling entry of config.json (nil in Config when absent, null or
 // "default").
 type RoPEScaling struct {
-	Type   string  // "linear" or "llama3"
-	Factor float64 // both types
+	Type   string  `json:"rope_type"` // "linear" or "llama3"
+	Factor float64 `json:"factor"`    // both types
 	// llama3 only, as in transformers' _compute_llama3_parameters.
-	LowFreqFactor                 float64
-	HighFreqFactor                float64
-	OriginalMaxPositionEmbeddings int
+	LowFreqFactor                 float64 `json:"low_freq_factor,omitempty"`
+	HighFreqFactor                float64 `json:"high_freq_factor,omitempty"`
+	OriginalMaxPositionEmbeddings int     `json:"original_max_position_embeddings,omitempty"`
 }
 
 // Config is the part of a Hugging Face config.json that a Llama-family forward needs, with
 // transformers' defaults filled in.
 type Config struct {
-	Path string // the config.json it was read from (for error messages)
+	Path string `json:"-"` // the config.json it was read from (for error messages)
 
-	ModelType             string
-	HiddenSize            int // C
-	IntermediateSize      int // F, the MLP width
-	NumHiddenLayers       int // L
-	NumAttentionHeads     int // NH
-	NumKeyValueHeads      int // NKV, default NH
-	HeadDim               int // D, default HiddenSize/NumAttentionHeads
-	VocabSize             int // V
-	RMSNormEps            float64
-	RopeTheta             float64      // default 10000
-	RopeScaling           *RoPEScaling // nil: plain RoPE
-	MaxPositionEmbeddings int
-	TieWordEmbeddings     bool // lm_head shares embed_tokens
-	AttentionBias         bool // the attention_bias field as written
-	MLPBias               bool // the mlp_bias field as written (llama)
-	BOSTokenID            int  // -1 when absent or null
-	EOSTokenIDs           []int
-	TorchDType            string // torch_dtype (or dtype), e.g. "bfloat16"; informational
-	SlidingWindow         int    // > 0 when sliding-window attention is active (mistral, use_sliding_window)
+	ModelType             string       `json:"model_type"`
+	HiddenSize            int          `json:"hidden_size"`         // C
+	IntermediateSize      int          `json:"intermediate_size"`   // F, the MLP width
+	NumHiddenLayers       int          `json:"num_hidden_layers"`   // L
+	NumAttentionHeads     int          `json:"num_attention_heads"` // NH
+	NumKeyValueHeads      int          `json:"num_key_value_heads"` // NKV, default NH
+	HeadDim               int          `json:"head_dim"`            // D, default HiddenSize/NumAttentionHeads
+	VocabSize             int          `json:"vocab_size"`          // V
+	RMSNormEps            float64      `json:"rms_norm_eps"`
+	RopeTheta             float64      `json:"rope_theta"`   // default 10000
+	RopeScaling           *RoPEScaling `json:"rope_scaling"` // nil: plain RoPE
+	MaxPositionEmbeddings int          `json:"max_position_embeddings"`
+	TieWordEmbeddings     bool         `json:"tie_word_embeddings"` // lm_head shares embed_tokens
+	AttentionBias         bool         `json:"attention_bias"`      // the attention_bias field as written
+	MLPBias               bool         `json:"mlp_bias"`            // the mlp_bias field as written (llama)
+	BOSTokenID            int          `json:"bos_token_id"`        // -1 when absent or null
+	EOSTokenIDs           []int        `json:"eos_token_id"`
+	TorchDType            string       `json:"torch_dtype,omitempty"`    // torch_dtype (or dtype), e.g. "bfloat16"; informational
+	SlidingWindow         int          `json:"sliding_window,omitempty"` // > 0 when sliding-window attention is active (mistral, use_sliding_window)
 }
 
 // rawConfig mirrors config.json; pointers tell absent fields from zero values.
