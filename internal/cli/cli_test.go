@@ -314,3 +314,26 @@ func equalInts(a, b []int) bool {
 	}
 	return true
 }
+
+// TestGenerateConfigFile checks that a YAML file supplies options, that flags override it, that
+// ${VAR} expands in its values, and that an unknown key is an error naming the file.
+func TestGenerateConfigFile(t *testing.T) {
+	refdata.Dir(t)
+	dir := t.TempDir()
+	good := filepath.Join(dir, "gen.yaml")
+	os.WriteFile(good, []byte("model: ${LORACTL_TESTDATA}/models/stories260K\nprompt: Once upon a time\nn: 3\n"), 0o644)
+	code, out, errs := run(t, "", "generate", "--config", good, "--ids")
+	if code != 0 || !strings.Contains(out, `"generated_ids":[432,383,286]`) {
+		t.Fatalf("config file: exit %d out %q err %q", code, out, errs)
+	}
+	_, out, _ = run(t, "", "generate", "--config", good, "--ids", "-n", "1")
+	if !strings.Contains(out, `"generated_ids":[432]`) {
+		t.Fatalf("-n 1 did not override the file's n: 3: %q", out)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("prompt: hi\ntop_k: 4\n"), 0o644)
+	code, _, errs = run(t, "", "generate", "--config", bad)
+	if code != 1 || !strings.Contains(errs, bad) || !strings.Contains(errs, "top_k") || !strings.Contains(errs, "top-k") {
+		t.Fatalf("unknown key: exit %d, %q; want the file, the bad key and the valid keys", code, errs)
+	}
+}
