@@ -64,6 +64,21 @@ func TestHelpListsEveryCommand(t *testing.T) {
 	}
 }
 
+func TestUsageErrorsExit2(t *testing.T) {
+	for _, args := range [][]string{
+		{"inspect"},
+		{"inspect", "a", "b"},
+		{"tokenize", "a", "b"},
+		{"generate", "Once upon a time"},
+		{"generate", "--no-such-flag"},
+	} {
+		code, _, errs := run(t, "", args...)
+		if code != 2 || !strings.Contains(errs, "--help") {
+			t.Errorf("%v: exit %d, stderr %q; want exit 2 and a pointer to --help", args, code, errs)
+		}
+	}
+}
+
 func TestUnimplementedCommandsSaySo(t *testing.T) {
 	for _, cmd := range []string{"train", "merge", "quantize", "eval"} {
 		code, _, errs := run(t, "", cmd, "--config", "x.yaml")

@@ -41,7 +41,7 @@ Without --model, the built-in default is stories260K from the reference folder n
 $LORACTL_TESTDATA (models/stories260K).`,
 		Example: `  loractl generate --model ./stories260K --prompt "Once upon a time" -n 64
   loractl generate --model ./stories260K --prompt "Lily" --temperature 0.8 --top-k 40 --top-p 0.95 --seed 1`,
-		Args: cobra.NoArgs,
+		Args: usageArgs(0, 0, "no arguments (the prompt goes in --prompt)"),
 		RunE: func(c *cobra.Command, _ []string) error {
 			var o generateOptions
 			if err := config.Resolve(c.Flags(), cfgFile, &o); err != nil {

@@ -22,7 +22,7 @@ dtype mix and the tensor table (name, dtype, shape, bytes) of PATH, which may be
 model folder, a PEFT adapter folder or a single .safetensors file. --json prints the same as JSON.`,
 		Example: `  loractl inspect ./stories260K
   loractl inspect --json ./stories260K/model.safetensors`,
-		Args: cobra.ExactArgs(1),
+		Args: usageArgs(1, 1, "one PATH (a model folder, an adapter folder or a .safetensors file)"),
 		RunE: func(c *cobra.Command, args []string) error {
 			var o inspectOptions
 			if err := config.Resolve(c.Flags(), "", &o); err != nil {

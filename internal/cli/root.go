@@ -78,3 +78,14 @@ func (u usageError) Unwrap() error { return u.err }
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
 }
+
+// usageArgs returns a cobra.PositionalArgs that accepts between min and max arguments and
+// otherwise fails with a usage error that says what the arguments are.
+func usageArgs(min, max int, what string) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if len(args) < min || len(args) > max {
+			return usageError{fmt.Errorf("%s: expected %s, got %d argument(s) (see '%s --help')", c.Name(), what, len(args), c.CommandPath())}
+		}
+		return nil
+	}
+}

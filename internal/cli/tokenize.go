@@ -36,7 +36,7 @@ prints the ids on one line. The model folder needs only the tokenizer files, not
 		Example: `  loractl tokenize --model ./stories260K "Once upon a time"
   loractl tokenize --model ./stories260K --decode 1,403,407,261,378
   printf '"hello"\n"world"\n' | loractl tokenize --model ./stories260K --jsonl`,
-		Args: cobra.MaximumNArgs(1),
+		Args: usageArgs(0, 1, "at most one TEXT (quote it)"),
 		RunE: func(c *cobra.Command, args []string) error {
 			var o tokenizeOptions
 			if err := config.Resolve(c.Flags(), "", &o); err != nil {
