@@ -1,0 +1,371 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"reflect"
+	"sort"
+	"strings"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+	"go.yaml.in/yaml/v3"
+)
+
+// Train is the whole configuration of `loractl train`: one typed struct whose zero-config values
+// come from DefaultTrain. YAML keys are the `mapstructure` tags, nested by section
+// (model.path, lora.r, train.lr, ...).
+type Train struct {
+	Model  ModelSection  `mapstructure:"model" yaml:"model"`
+	Data   DataSection   `mapstructure:"data" yaml:"data"`
+	LoRA   LoRASection   `mapstructure:"lora" yaml:"lora"`
+	Train  TrainSection  `mapstructure:"train" yaml:"train"`
+	Output OutputSection `mapstructure:"output" yaml:"output"`
+}
+
+// ModelSection names the frozen base model.
+type ModelSection struct {
+	Path     string `mapstructure:"path" yaml:"path"`         // HuggingFace model folder
+	DType    string `mapstructure:"dtype" yaml:"dtype"`       // storage of the frozen weights: f32 | bf16
+	Quantize string `mapstructure:"quantize" yaml:"quantize"` // none | nf4
+}
+
+// DataSection describes the training and evaluation data.
+type DataSection struct {
+	Train         string  `mapstructure:"train" yaml:"train"`                     // JSONL file
+	Eval          string  `mapstructure:"eval" yaml:"eval"`                       // JSONL file; empty: hold out eval_fraction of train
+	EvalFraction  float64 `mapstructure:"eval_fraction" yaml:"eval_fraction"`     // used when eval is empty
+	Format        string  `mapstructure:"format" yaml:"format"`                   // auto | text | prompt_completion | messages
+	SeqLen        int     `mapstructure:"seq_len" yaml:"seq_len"`                 // tokens per sequence
+	Packing       bool    `mapstructure:"packing" yaml:"packing"`                 // several samples per sequence
+	TrainOnPrompt bool    `mapstructure:"train_on_prompt" yaml:"train_on_prompt"` // loss on prompt tokens too
+	SkipBadLines  bool    `mapstructure:"skip_bad_lines" yaml:"skip_bad_lines"`   // skip (and count) malformed lines
+}
+
+// LoRASection chooses what is trained and how adapters are shaped.
+type LoRASection struct {
+	Method  string   `mapstructure:"method" yaml:"method"`   // lora | full
+	R       int      `mapstructure:"r" yaml:"r"`             // adapter rank
+	Alpha   float64  `mapstructure:"alpha" yaml:"alpha"`     // scale numerator: s = alpha/r (alpha/√r with rslora)
+	Dropout float64  `mapstructure:"dropout" yaml:"dropout"` // dropout on the adapter input
+	Targets []string `mapstructure:"targets" yaml:"targets"` // module names, "all-linear", or "re:<regex>"
+	Layers  []int    `mapstructure:"layers" yaml:"layers"`   // layers_to_transform; empty: all
+	RSLoRA  bool     `mapstructure:"rslora" yaml:"rslora"`
+	Init    string   `mapstructure:"init" yaml:"init"` // default (Kaiming-uniform A, zero B) | gaussian
+}
+
+// TrainSection holds the optimiser and loop settings.
+type TrainSection struct {
+	LR                float64 `mapstructure:"lr" yaml:"lr"`
+	Schedule          string  `mapstructure:"schedule" yaml:"schedule"` // constant | linear | cosine
+	Warmup            int     `mapstructure:"warmup" yaml:"warmup"`     // steps
+	MaxSteps          int     `mapstructure:"max_steps" yaml:"max_steps"`
+	BatchSize         int     `mapstructure:"batch_size" yaml:"batch_size"`
+	GradAccum         int     `mapstructure:"grad_accum" yaml:"grad_accum"`
+	WeightDecay       float64 `mapstructure:"weight_decay" yaml:"weight_decay"`
+	MaxGradNorm       float64 `mapstructure:"max_grad_norm" yaml:"max_grad_norm"` // 0: no clipping
+	Seed              uint64  `mapstructure:"seed" yaml:"seed"`
+	SaveEvery         int     `mapstructure:"save_every" yaml:"save_every"` // 0: only at the end
+	EvalEvery         int     `mapstructure:"eval_every" yaml:"eval_every"` // 0: only at the end
+	EvalBatches       int     `mapstructure:"eval_batches" yaml:"eval_batches"`
+	GradCheckpointing bool    `mapstructure:"grad_checkpointing" yaml:"grad_checkpointing"`
+}
+
+// OutputSection says where the run is written.
+type OutputSection struct {
+	Dir       string `mapstructure:"dir" yaml:"dir"`
+	Overwrite bool   `mapstructure:"overwrite" yaml:"overwrite"` // replace a finished run in dir
+}
+
+// DefaultTrain returns the defaults of every training option, in one place.
+func DefaultTrain() Train {
+	return Train{
+		Model: ModelSection{DType: "f32", Quantize: "none"},
+		Data:  DataSection{EvalFraction: 0.05, Format: "auto", SeqLen: 256, Packing: true},
+		LoRA: LoRASection{Method: "lora", R: 8, Alpha: 16, Targets: []string{"q_proj", "v_proj"},
+			Init: "default"},
+		Train: TrainSection{LR: 2e-4, Schedule: "cosine", Warmup: 10, MaxSteps: 200, BatchSize: 4,
+			GradAccum: 1, MaxGradNorm: 1.0, Seed: 42, EvalEvery: 50, EvalBatches: 8},
+		Output: OutputSection{Dir: "out"},
+	}
+}
+
+// TrainShortcuts maps flag names to the config keys they set.
+var TrainShortcuts = map[string]string{
+	"out":        "output.dir",
+	"max-steps":  "train.max_steps",
+	"save-every": "train.save_every",
+	"overwrite":  "output.overwrite",
+}
+
+// ResolveTrain builds the training configuration with precedence
+// --set > flag shortcut > environment (LORACTL_TRAIN_LR for train.lr) > file > default.
+// file may be empty. sets are "key=value" strings with dotted keys; values are parsed as YAML
+// scalars or flow sequences ("[q_proj, v_proj]"). Unknown keys anywhere are an error with a
+// "did you mean" hint.
+func ResolveTrain(file string, sets []string, fs *pflag.FlagSet) (*Train, error) {
+	def := DefaultTrain()
+	keys := leafKeys(reflect.TypeOf(def), "")
+	known := map[string]bool{}
+	for _, k := range keys {
+		known[k] = true
+	}
+
+	// Each layer is applied with Set in order of precedence, lowest first, so the last one wins.
+	v := viper.New()
+	for k, val := range flatten(def) {
+		v.SetDefault(k, val)
+	}
+	if file != "" {
+		if _, err := os.Stat(file); err != nil {
+			return nil, fmt.Errorf("config file %s: %w", file, err)
+		}
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("config file %s: %w", file, err)
+		}
+		var tree map[string]any
+		if err := yaml.Unmarshal(raw, &tree); err != nil {
+			return nil, fmt.Errorf("config file %s: %v (fix the YAML syntax)", file, err)
+		}
+		fileKeys := map[string]any{}
+		flattenMap(tree, "", fileKeys)
+		var unknown []string
+		for k := range fileKeys {
+			if !known[k] {
+				unknown = append(unknown, k)
+			}
+		}
+		if len(unknown) > 0 {
+			sort.Strings(unknown)
+			return nil, fmt.Errorf("config file %s: %s", file, unknownKeys(unknown, keys))
+		}
+		for k, val := range fileKeys {
+			if s, ok := val.(string); ok {
+				val = ExpandEnv(s)
+			}
+			v.Set(k, val)
+		}
+	}
+	for _, k := range keys {
+		envName := EnvPrefix + "_" + strings.ToUpper(strings.NewReplacer(".", "_").Replace(k))
+		if s, ok := os.LookupEnv(envName); ok {
+			val, err := parseValue(s)
+			if err != nil {
+				return nil, fmt.Errorf("environment %s: %v", envName, err)
+			}
+			v.Set(k, val)
+		}
+	}
+	if fs != nil {
+		for flag, key := range TrainShortcuts {
+			if f := fs.Lookup(flag); f != nil && f.Changed {
+				v.Set(key, f.Value.String())
+			}
+		}
+	}
+	for _, s := range sets {
+		k, val, ok := strings.Cut(s, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--set %q: want key=value, e.g. --set lora.r=16", s)
+		}
+		if !known[k] {
+			return nil, fmt.Errorf("--set %s: %s", k, unknownKeys([]string{k}, keys))
+		}
+		parsed, err := parseValue(val)
+		if err != nil {
+			return nil, fmt.Errorf("--set %s: %v", s, err)
+		}
+		v.Set(k, parsed)
+	}
+
+	out := DefaultTrain()
+	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{Result: &out, WeaklyTypedInput: true, ZeroFields: true})
+	if err != nil {
+		return nil, err
+	}
+	if err := dec.Decode(v.AllSettings()); err != nil {
+		where := "training options"
+		if file != "" {
+			where = file
+		}
+		return nil, fmt.Errorf("%s: %v", where, err)
+	}
+	if len(out.LoRA.Layers) == 0 {
+		out.LoRA.Layers = nil // "layers: []" and an absent key mean the same: every layer
+	}
+	if err := out.Validate(); err != nil {
+		if file != "" {
+			return nil, fmt.Errorf("%s: %w", file, err)
+		}
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Validate checks the values that can be checked without the model (module names and r ≤
+// min(in, out) are checked by the trainer, which knows the model).
+func (c *Train) Validate() error {
+	var bad []string
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			bad = append(bad, fmt.Sprintf(format, args...))
+		}
+	}
+	oneOf := func(key, val string, valid ...string) {
+		for _, v := range valid {
+			if val == v {
+				return
+			}
+		}
+		bad = append(bad, fmt.Sprintf("%s is %q; valid values: %s", key, val, strings.Join(valid, ", ")))
+	}
+	check(c.Model.Path != "", "model.path is empty; set it to a HuggingFace model folder")
+	oneOf("model.dtype", c.Model.DType, "f32", "bf16")
+	oneOf("model.quantize", c.Model.Quantize, "none", "nf4")
+	check(c.Data.Train != "", "data.train is empty; set it to a JSONL file")
+	oneOf("data.format", c.Data.Format, "auto", "text", "prompt_completion", "messages")
+	check(c.Data.SeqLen >= 2, "data.seq_len must be at least 2, got %d", c.Data.SeqLen)
+	check(c.Data.EvalFraction >= 0 && c.Data.EvalFraction < 1, "data.eval_fraction must be in [0, 1), got %g", c.Data.EvalFraction)
+	oneOf("lora.method", c.LoRA.Method, "lora", "full")
+	if c.LoRA.Method == "lora" {
+		check(c.LoRA.R >= 1, "lora.r must be at least 1, got %d", c.LoRA.R)
+		check(c.LoRA.Alpha > 0, "lora.alpha must be positive, got %g", c.LoRA.Alpha)
+		check(c.LoRA.Dropout >= 0 && c.LoRA.Dropout < 1, "lora.dropout must be in [0, 1), got %g", c.LoRA.Dropout)
+		check(len(c.LoRA.Targets) > 0, "lora.targets is empty; name modules (q_proj, v_proj, ...) or use all-linear")
+		oneOf("lora.init", c.LoRA.Init, "default", "gaussian")
+		for _, l := range c.LoRA.Layers {
+			check(l >= 0, "lora.layers has a negative layer index %d", l)
+		}
+	}
+	check(c.Train.LR > 0, "train.lr must be positive, got %g", c.Train.LR)
+	oneOf("train.schedule", c.Train.Schedule, "constant", "linear", "cosine")
+	check(c.Train.Warmup >= 0, "train.warmup must not be negative, got %d", c.Train.Warmup)
+	check(c.Train.MaxSteps >= 1, "train.max_steps must be at least 1, got %d", c.Train.MaxSteps)
+	check(c.Train.BatchSize >= 1, "train.batch_size must be at least 1, got %d", c.Train.BatchSize)
+	check(c.Train.GradAccum >= 1, "train.grad_accum must be at least 1, got %d", c.Train.GradAccum)
+	check(c.Train.WeightDecay >= 0, "train.weight_decay must not be negative, got %g", c.Train.WeightDecay)
+	check(c.Train.MaxGradNorm >= 0, "train.max_grad_norm must not be negative, got %g", c.Train.MaxGradNorm)
+	check(c.Train.SaveEvery >= 0, "train.save_every must not be negative, got %d", c.Train.SaveEvery)
+	check(c.Train.EvalEvery >= 0, "train.eval_every must not be negative, got %d", c.Train.EvalEvery)
+	check(c.Output.Dir != "", "output.dir is empty; set it or pass --out DIR")
+	if len(bad) > 0 {
+		return fmt.Errorf("invalid training config: %s", strings.Join(bad, "; "))
+	}
+	return nil
+}
+
+// YAML renders the resolved configuration (for --dry-run and the run's config.yaml).
+func (c *Train) YAML() ([]byte, error) { return yaml.Marshal(c) }
+
+// leafKeys lists the dotted keys of a struct type's leaf fields.
+func leafKeys(t reflect.Type, prefix string) []string {
+	var keys []string
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name := prefix + f.Tag.Get("mapstructure")
+		if f.Type.Kind() == reflect.Struct {
+			keys = append(keys, leafKeys(f.Type, name+".")...)
+		} else {
+			keys = append(keys, name)
+		}
+	}
+	return keys
+}
+
+// flatten returns the dotted-key values of a struct.
+func flatten(s any) map[string]any {
+	out := map[string]any{}
+	var walk func(v reflect.Value, prefix string)
+	walk = func(v reflect.Value, prefix string) {
+		t := v.Type()
+		for i := 0; i < t.NumField(); i++ {
+			name := prefix + t.Field(i).Tag.Get("mapstructure")
+			if t.Field(i).Type.Kind() == reflect.Struct {
+				walk(v.Field(i), name+".")
+			} else {
+				out[name] = v.Field(i).Interface()
+			}
+		}
+	}
+	walk(reflect.ValueOf(s), "")
+	return out
+}
+
+// flattenMap turns a YAML tree into dotted keys; a mapping under a leaf key is kept whole
+// so that it is reported as unknown rather than silently split.
+func flattenMap(m map[string]any, prefix string, out map[string]any) {
+	for k, v := range m {
+		key := prefix + k
+		if sub, ok := v.(map[string]any); ok && len(sub) > 0 {
+			flattenMap(sub, key+".", out)
+			continue
+		}
+		out[key] = v
+	}
+}
+
+// parseValue reads a --set or environment value as a YAML scalar or flow sequence.
+func parseValue(s string) (any, error) {
+	var v any
+	if err := yaml.Unmarshal([]byte(s), &v); err != nil {
+		return nil, fmt.Errorf("cannot parse value %q: %v", s, err)
+	}
+	if v == nil {
+		return "", nil
+	}
+	return v, nil
+}
+
+// unknownKeys explains unknown keys with the closest known key of each.
+func unknownKeys(unknown, known []string) string {
+	parts := make([]string, len(unknown))
+	for i, u := range unknown {
+		parts[i] = fmt.Sprintf("unknown key %q", u)
+		if best := closest(u, known); best != "" {
+			parts[i] += fmt.Sprintf(" (did you mean %q?)", best)
+		}
+	}
+	return strings.Join(parts, "; ") + "; see configs/README.md for every key"
+}
+
+// closest returns the known key nearest to k by edit distance, if it is near enough.
+func closest(k string, known []string) string {
+	best, bestD := "", len(k)/2+2
+	for _, c := range known {
+		d := editDistance(k, c)
+		// Also compare against the leaf name alone: "lr" vs "train.lr".
+		if i := strings.LastIndex(c, "."); i >= 0 {
+			if d2 := editDistance(k, c[i+1:]); d2 < d {
+				d = d2
+			}
+		}
+		if d < bestD {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
