@@ -5,11 +5,15 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"github.com/loractl/loractl/internal/refdata"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/loractl/loractl/internal/lora"
+	"github.com/loractl/loractl/internal/model"
+	"github.com/loractl/loractl/internal/refdata"
 )
 
 // run calls Main the way the binary does and returns the exit code and both streams.
@@ -350,5 +354,53 @@ func TestGenerateConfigFile(t *testing.T) {
 	code, _, errs = run(t, "", "generate", "--config", bad)
 	if code != 1 || !strings.Contains(errs, bad) || !strings.Contains(errs, "top_k") || !strings.Contains(errs, "top-k") {
 		t.Fatalf("unknown key: exit %d, %q; want the file, the bad key and the valid keys", code, errs)
+	}
+}
+
+// TestGenerateWithAdapter: an adapter with B = 0 leaves greedy output unchanged, a trained-looking
+// one changes it, and an adapter for another base is refused.
+func TestGenerateWithAdapter(t *testing.T) {
+	dir := stories(t)
+	cfg, err := model.LoadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mods, _ := lora.Select(lora.Modules(cfg), []string{"all-linear"}, nil)
+	a, err := lora.New(lora.Config{R: 4, Alpha: 8}, mods, lora.InitDefault, rand.New(rand.NewPCG(1, 2)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := t.TempDir()
+	if err := a.Save(zero); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range a.Pairs {
+		for i := range p.B {
+			p.B[i] = 0.05 * float32(i%5-2)
+		}
+	}
+	nonzero := t.TempDir()
+	a.Save(nonzero)
+
+	args := []string{"generate", "--model", dir, "--prompt", "Once upon a time", "-n", "16", "--ids"}
+	_, base, _ := run(t, "", args...)
+	code, withZero, errs := run(t, "", append(args, "--adapter", zero)...)
+	if code != 0 || withZero != base {
+		t.Fatalf("B = 0 adapter changed the output (exit %d, %s):\n%s\nvs\n%s", code, errs, withZero, base)
+	}
+	_, withAdapter, _ := run(t, "", append(args, "--adapter", nonzero)...)
+	if withAdapter == base {
+		t.Fatalf("a non-zero adapter did not change the greedy output")
+	}
+
+	other := *cfg
+	other.NumHiddenLayers = 7
+	mods, _ = lora.Select(lora.Modules(&other), []string{"q_proj"}, []int{6})
+	b, _ := lora.New(lora.Config{R: 2, Alpha: 2}, mods, lora.InitDefault, rand.New(rand.NewPCG(1, 2)))
+	wrong := t.TempDir()
+	b.Save(wrong)
+	code, _, errs = run(t, "", append(args, "--adapter", wrong)...)
+	if code != 1 || !strings.Contains(errs, wrong) || !strings.Contains(errs, "another base model") {
+		t.Fatalf("adapter for another base: exit %d, %q", code, errs)
 	}
 }

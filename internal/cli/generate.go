@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/loractl/loractl/internal/config"
+	"github.com/loractl/loractl/internal/lora"
 	"github.com/loractl/loractl/internal/model"
 	"github.com/loractl/loractl/internal/tokenizer"
 	"github.com/spf13/cobra"
@@ -14,6 +15,7 @@ import (
 // generateOptions are the options of `loractl generate`; the mapstructure tags are the flag names.
 type generateOptions struct {
 	Model       string  `mapstructure:"model"`
+	Adapter     string  `mapstructure:"adapter"`
 	Prompt      string  `mapstructure:"prompt"`
 	N           int     `mapstructure:"n"`
 	Temperature float64 `mapstructure:"temperature"`
@@ -31,6 +33,7 @@ func newGenerateCmd(s *streams) *cobra.Command {
 		Use:   "generate",
 		Short: "Generate text from a model with a KV cache (greedy or sampled)",
 		Long: `Generate loads a HuggingFace checkpoint and streams a continuation of --prompt to stdout.
+--adapter merges a PEFT LoRA adapter (ours or PEFT's) into the weights first.
 
 -n is the number of new tokens. --temperature 0 is greedy and deterministic; otherwise
 --top-k, --top-p and --seed shape the sampling. Generation stops early at an end-of-sequence
@@ -53,6 +56,7 @@ $LORACTL_TESTDATA (models/stories260K).`,
 	f := c.Flags()
 	f.StringVar(&cfgFile, "config", "", "YAML file with generate options (flags override it)")
 	f.String("model", "", "HuggingFace model folder (config.json, *.safetensors, tokenizer); default $LORACTL_TESTDATA/models/stories260K")
+	f.String("adapter", "", "PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) merged into the model")
 	f.String("prompt", "", "prompt text (BOS is added as the tokenizer specifies)")
 	f.IntP("n", "n", 64, "number of new tokens to generate")
 	f.Float64("temperature", 0, "sampling temperature; 0 = greedy")
@@ -89,6 +93,18 @@ func runGenerate(s *streams, o *generateOptions) error {
 		return err
 	}
 	cfg := m.Config()
+	if o.Adapter != "" {
+		a, err := lora.Load(o.Adapter)
+		if err != nil {
+			return err
+		}
+		if err := a.CheckBase(cfg, o.Adapter); err != nil {
+			return err
+		}
+		if err := a.MergeInto(m); err != nil {
+			return err
+		}
+	}
 	if tok.VocabSize() > cfg.VocabSize {
 		return fmt.Errorf("%s: the tokenizer has %d tokens but the model's vocab_size is %d; the tokenizer files belong to another model", dir, tok.VocabSize(), cfg.VocabSize)
 	}

@@ -1,12 +1,12 @@
 package model
 
 import (
-	"github.com/loractl/loractl/internal/refdata"
 	"math"
 	"path/filepath"
 	"testing"
 
 	"github.com/loractl/loractl/internal/backend/cpu"
+	"github.com/loractl/loractl/internal/refdata"
 )
 
 type logitsRef struct {

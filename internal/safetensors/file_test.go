@@ -6,12 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/loractl/loractl/internal/refdata"
 	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/loractl/loractl/internal/refdata"
 )
 
 func storiesPath(t testing.TB) string {

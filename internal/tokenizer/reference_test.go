@@ -1,13 +1,13 @@
 package tokenizer
 
 import (
-	"github.com/loractl/loractl/internal/refdata"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"unicode/utf8"
 
+	"github.com/loractl/loractl/internal/refdata"
 	"golang.org/x/text/unicode/norm"
 )
 

@@ -3,13 +3,14 @@ package tokenizer
 import (
 	"encoding/json"
 	"errors"
-	"github.com/loractl/loractl/internal/refdata"
 	"math/rand"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/loractl/loractl/internal/refdata"
 )
 
 // TestChatReference encodes the rendered chat templates of llama3 and qwen3 (special

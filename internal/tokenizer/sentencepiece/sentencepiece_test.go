@@ -2,13 +2,14 @@ package sentencepiece
 
 import (
 	"encoding/binary"
-	"github.com/loractl/loractl/internal/refdata"
 	"math"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/loractl/loractl/internal/refdata"
 )
 
 // referenceFiles pairs each sentencepiece model with the ids Python

@@ -1,0 +1,214 @@
+package lora
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+
+	"github.com/loractl/loractl/internal/safetensors"
+)
+
+// PEFT file names inside an adapter folder.
+const (
+	WeightsFile = "adapter_model.safetensors"
+	ConfigFile  = "adapter_config.json"
+)
+
+// peftPrefix is what PEFT puts before the module path in adapter tensor names.
+const peftPrefix = "base_model.model."
+
+// peftConfig is adapter_config.json. It holds only keys that every PEFT version since 0.7
+// (the first with use_rslora) knows, because older versions reject unknown keys.
+type peftConfig struct {
+	PeftType          string  `json:"peft_type"`
+	TaskType          string  `json:"task_type"`
+	R                 int     `json:"r"`
+	LoraAlpha         float64 `json:"lora_alpha"`
+	LoraDropout       float64 `json:"lora_dropout"`
+	TargetModules     any     `json:"target_modules"` // []string, or a regex string
+	UseRSLoRA         bool    `json:"use_rslora"`
+	Bias              string  `json:"bias"`
+	FanInFanOut       bool    `json:"fan_in_fan_out"`
+	BaseModel         string  `json:"base_model_name_or_path"`
+	InferenceMode     bool    `json:"inference_mode"`
+	LayersToTransform []int   `json:"layers_to_transform"`
+	InitLoraWeights   bool    `json:"init_lora_weights"`
+	ModulesToSave     []any   `json:"modules_to_save"`
+}
+
+// Save writes the adapter to dir in the exact PEFT layout: adapter_model.safetensors with
+// tensors base_model.model.<module path>.lora_A.weight (r, in) and .lora_B.weight (out, r),
+// and adapter_config.json. Each file is written to a temporary file, synced and renamed.
+func (a *Adapter) Save(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("adapter folder %s: %w", dir, err)
+	}
+	a.sortPairs()
+	r := a.Config.R
+	var ts []safetensors.Tensor
+	var mods []Module
+	for _, p := range a.Pairs {
+		m := p.Module
+		mods = append(mods, m)
+		for _, t := range []struct {
+			suffix string
+			data   []float32
+			shape  []int
+		}{{"lora_A.weight", p.A, []int{r, m.In}}, {"lora_B.weight", p.B, []int{m.Out, r}}} {
+			b, err := safetensors.EncodeFloat32(safetensors.F32, t.data)
+			if err != nil {
+				return err
+			}
+			ts = append(ts, safetensors.Tensor{Name: peftPrefix + m.Path + "." + t.suffix, DType: safetensors.F32, Shape: t.shape, Data: b})
+		}
+	}
+	if err := safetensors.Write(filepath.Join(dir, WeightsFile), ts, map[string]string{"format": "pt"}); err != nil {
+		return err
+	}
+	cfg := peftConfig{
+		PeftType: "LORA", TaskType: "CAUSAL_LM", R: r, LoraAlpha: a.Config.Alpha, LoraDropout: a.Config.Dropout,
+		TargetModules: shortNames(mods), UseRSLoRA: a.Config.RSLoRA, Bias: "none", BaseModel: a.Config.Base,
+		InferenceMode: true, LayersToTransform: a.Config.Layers, InitLoraWeights: true,
+	}
+	js, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(dir, ConfigFile), append(js, '\n'))
+}
+
+// tensorName matches PEFT LoRA tensor names; PEFT strips the adapter name on save, but files
+// saved from a live model may still carry it (".lora_A.default.weight").
+var tensorName = regexp.MustCompile(`^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[A-Za-z0-9_]+)?\.weight$`)
+
+// layerPath matches the module paths loractl can adapt.
+var layerPath = regexp.MustCompile(`^model\.layers\.(\d+)\.(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$`)
+
+// Load reads a PEFT LoRA adapter folder written by loractl or by PEFT itself.
+func Load(dir string) (*Adapter, error) {
+	cfgPath := filepath.Join(dir, ConfigFile)
+	raw, err := os.ReadFile(cfgPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("adapter %s: no %s; point --adapter at a PEFT adapter folder", dir, ConfigFile)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("adapter %s: %w", dir, err)
+	}
+	var cfg peftConfig
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return nil, fmt.Errorf("%s: not a valid adapter config: %v", cfgPath, err)
+	}
+	var extra map[string]any
+	_ = json.Unmarshal(raw, &extra)
+	switch {
+	case cfg.PeftType != "LORA":
+		return nil, fmt.Errorf("%s: peft_type %q is not supported (only LORA)", cfgPath, cfg.PeftType)
+	case cfg.R < 1:
+		return nil, fmt.Errorf("%s: r must be at least 1, got %d", cfgPath, cfg.R)
+	case cfg.FanInFanOut:
+		return nil, fmt.Errorf("%s: fan_in_fan_out adapters (GPT-2 Conv1D) are not supported", cfgPath)
+	case cfg.Bias != "" && cfg.Bias != "none":
+		return nil, fmt.Errorf("%s: bias %q is not supported (only none)", cfgPath, cfg.Bias)
+	}
+	if v, ok := extra["use_dora"].(bool); ok && v {
+		return nil, fmt.Errorf("%s: DoRA adapters (use_dora) are not supported yet", cfgPath)
+	}
+	for _, k := range []string{"rank_pattern", "alpha_pattern"} {
+		if m, ok := extra[k].(map[string]any); ok && len(m) > 0 {
+			return nil, fmt.Errorf("%s: per-module %s is not supported yet", cfgPath, k)
+		}
+	}
+
+	wPath := filepath.Join(dir, WeightsFile)
+	f, err := safetensors.Open(wPath)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	a := &Adapter{Config: Config{R: cfg.R, Alpha: cfg.LoraAlpha, Dropout: cfg.LoraDropout, RSLoRA: cfg.UseRSLoRA,
+		Layers: cfg.LayersToTransform, Base: cfg.BaseModel}}
+	pairs := map[string]*Pair{}
+	for _, info := range f.Tensors() {
+		m := tensorName.FindStringSubmatch(info.Name)
+		if m == nil {
+			return nil, fmt.Errorf("%s: tensor %q is not a LoRA A/B weight; this adapter holds something loractl cannot apply", wPath, info.Name)
+		}
+		path, which := m[1], m[2]
+		lm := layerPath.FindStringSubmatch(path)
+		if lm == nil {
+			return nil, fmt.Errorf("%s: tensor %q adapts %s, which is not a decoder Linear layer loractl supports", wPath, info.Name, path)
+		}
+		if len(info.Shape) != 2 {
+			return nil, fmt.Errorf("%s: tensor %q has shape %v, want a matrix", wPath, info.Name, info.Shape)
+		}
+		vals, err := f.Float32(info.Name)
+		if err != nil {
+			return nil, err
+		}
+		p := pairs[path]
+		if p == nil {
+			layer, _ := strconv.Atoi(lm[1])
+			p = &Pair{Module: Module{Path: path, Layer: layer, Name: lm[3]}}
+			pairs[path] = p
+		}
+		if which == "A" {
+			if info.Shape[0] != cfg.R {
+				return nil, fmt.Errorf("%s: %s has shape %v but r is %d", wPath, info.Name, info.Shape, cfg.R)
+			}
+			p.A, p.Module.In = vals, info.Shape[1]
+		} else {
+			if info.Shape[1] != cfg.R {
+				return nil, fmt.Errorf("%s: %s has shape %v but r is %d", wPath, info.Name, info.Shape, cfg.R)
+			}
+			p.B, p.Module.Out = vals, info.Shape[0]
+		}
+	}
+	paths := make([]string, 0, len(pairs))
+	for path := range pairs {
+		paths = append(paths, path)
+	}
+	sort.Strings(paths)
+	for _, path := range paths {
+		p := pairs[path]
+		if p.A == nil || p.B == nil {
+			return nil, fmt.Errorf("%s: %s has only one of lora_A and lora_B; the adapter file is incomplete", wPath, path)
+		}
+		a.Pairs = append(a.Pairs, p)
+	}
+	if len(a.Pairs) == 0 {
+		return nil, fmt.Errorf("%s: no LoRA tensors", wPath)
+	}
+	a.sortPairs()
+	return a, nil
+}
+
+// writeFileAtomic writes data to a temporary file beside path, syncs it and renames it.
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	name := tmp.Name()
+	defer os.Remove(name) // no-op after a successful rename
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("%s: %w (is the disk full?)", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := os.Rename(name, path); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}

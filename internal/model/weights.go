@@ -1,0 +1,41 @@
+package model
+
+import (
+	"fmt"
+	"slices"
+)
+
+// WeightShape returns the shape of the checkpoint tensor name ("model.layers.0.self_attn.q_proj.weight")
+// as this model holds it, and whether the model has such a tensor.
+func (m *Model) WeightShape(name string) ([]int, bool) {
+	for _, s := range m.specs() {
+		if s.name == name {
+			return slices.Clone(s.shape), true
+		}
+	}
+	return nil, false
+}
+
+// AddToWeight adds delta, laid out like the tensor (row-major, e.g. (out, in) for a Linear
+// weight), to the frozen weight called name. Merging a LoRA adapter for inference uses it:
+// W += s·B·A.
+func (m *Model) AddToWeight(name string, delta []float32) error {
+	for _, s := range m.specs() {
+		if s.name != name {
+			continue
+		}
+		buf := *s.dst
+		if len(delta) != buf.Len() {
+			return fmt.Errorf("model: delta for %s has %d elements, the weight %v has %d", name, len(delta), s.shape, buf.Len())
+		}
+		w := make([]float32, buf.Len()) // same shape as the weight
+		if err := m.be.Download(w, buf); err != nil {
+			return err
+		}
+		for i, d := range delta {
+			w[i] += d
+		}
+		return m.be.Upload(buf, w)
+	}
+	return fmt.Errorf("model: no weight %q in this %s model", name, m.cfg.ModelType)
+}
