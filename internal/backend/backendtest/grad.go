@@ -1,0 +1,283 @@
+package backendtest
+
+import (
+	"math/rand/v2"
+	"testing"
+
+	"github.com/loractl/loractl/internal/backend"
+)
+
+// accumulated runs a backward op twice: into zeroed gradient buffers of the given sizes, and into
+// buffers prefilled with random values. It checks that the second run added the first run's
+// gradients to the prefilled values (the += contract) and returns the first run's gradients.
+func accumulated(t *testing.T, be backend.Backend, r *rand.Rand, op string, sizes []int, call func(grads []backend.Buffer)) [][]float32 {
+	t.Helper()
+	zero := make([]backend.Buffer, len(sizes))
+	pre := make([]backend.Buffer, len(sizes))
+	init := make([][]float32, len(sizes))
+	for i, n := range sizes {
+		zero[i] = be.Alloc(n)
+		init[i] = randn(r, n, 1)
+		pre[i] = upload(t, be, init[i])
+	}
+	call(zero)
+	call(pre)
+	grads := make([][]float32, len(sizes))
+	for i := range sizes {
+		grads[i] = download(t, be, zero[i])
+		acc := download(t, be, pre[i])
+		for j, g := range grads[i] {
+			want := float64(init[i][j]) + float64(g)
+			if d := float64(acc[j]) - want; d > 1e-5+1e-5*abs(want) || -d > 1e-5+1e-5*abs(want) {
+				t.Errorf("%s: gradient output %d does not accumulate: index %d: got %.9g, want prefill %.9g + gradient %.9g", op, i, j, acc[j], init[i][j], g)
+				break
+			}
+		}
+	}
+	return grads
+}
+
+func abs(x float64) float64 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}
+
+// runTrain checks the ops of backend.Trainer.
+func runTrain(t *testing.T, newBackend func() backend.Backend, rep *report) {
+	t.Run("ZeroAxpy", func(t *testing.T) {
+		be, r := newBackend(), seededRand(20)
+		tr := be.(backend.Trainer)
+		N := 23
+		y, x := randn(r, N, 1), randn(r, N, 1) // (N,), (N,)
+		yb := upload(t, be, y)
+		tr.Axpy(yb, upload(t, be, x), -0.75, N)
+		want := make([]float64, N) // (N,)
+		for i := range want {
+			want[i] = float64(y[i]) - 0.75*float64(x[i])
+		}
+		checkClose(t, rep, "Axpy", "N=23", download(t, be, yb), want, 1e-6, 1e-6)
+		tr.Zero(yb, N-3)
+		got := download(t, be, yb)
+		for i := range got {
+			if (i < N-3 && got[i] != 0) || (i >= N-3 && float64(got[i]) != float64(float32(want[i]))) {
+				t.Fatalf("Zero(n=%d): index %d holds %g", N-3, i, got[i])
+			}
+		}
+	})
+
+	t.Run("CrossEntropy", func(t *testing.T) {
+		be, r := newBackend(), seededRand(21)
+		tr := be.(backend.Trainer)
+		N, V := 6, 9
+		logits := randn(r, N*V, 3) // (N, V)
+		targets := make([]int, N)  // (N,)
+		for i := range targets {
+			targets[i] = r.IntN(V)
+		}
+		targets[1], targets[4] = backend.IgnoreIndex, backend.IgnoreIndex
+		scale := float32(1.0 / 4) // mean over the 4 counted rows
+		shape := "N=6 V=9 (2 ignored)"
+
+		lb := upload(t, be, logits)
+		losses := be.Alloc(N)
+		tr.CrossEntropyForward(losses, lb, targets, N, V)
+		checkClose(t, rep, "CrossEntropyForward", shape, download(t, be, losses), refCrossEntropy(f64(logits), targets, N, V), 1e-6, 1e-5)
+
+		dl := be.Alloc(N * V)
+		tr.CrossEntropyBackward(dl, lb, targets, N, V, scale)
+		got := download(t, be, dl)
+		x := f64(logits)
+		fd := numGrad(func() float64 {
+			s := 0.0
+			for _, l := range refCrossEntropy(x, targets, N, V) {
+				s += l
+			}
+			return float64(scale) * s
+		}, x, fdEps)
+		checkGrad(t, rep, "CrossEntropyBackward dlogits", shape, got, fd)
+
+		tr.CrossEntropyBackward(lb, lb, targets, N, V, scale) // in place
+		inPlace := download(t, be, lb)
+		for i := range got {
+			if inPlace[i] != got[i] {
+				t.Fatalf("CrossEntropyBackward in place: index %d: %g, out of place %g", i, inPlace[i], got[i])
+			}
+		}
+	})
+
+	t.Run("MatMul", func(t *testing.T) {
+		be, r := newBackend(), seededRand(22)
+		tr := be.(backend.Trainer)
+		N, C, OC := 5, 7, 6
+		shape := "N=5 C=7 OC=6"
+		x := randn(r, N*C, 1)   // (N, C)
+		w := randn(r, OC*C, 1)  // (OC, C)
+		b := randn(r, OC, 1)    // (OC,)
+		dy := randn(r, N*OC, 1) // (N, OC)
+		xb, wb, dyb := upload(t, be, x), upload(t, be, w), upload(t, be, dy)
+		g := accumulated(t, be, r, "MatMulBackward", []int{N * C, OC * C, OC}, func(gr []backend.Buffer) {
+			tr.MatMulBackward(gr[0], gr[1], gr[2], dyb, xb, wb, N, C, OC)
+		})
+		X, W, Bs, DY := f64(x), f64(w), f64(b), f64(dy)
+		loss := func() float64 { return dot(DY, refMatMul(X, W, Bs, N, C, OC)) }
+		checkGrad(t, rep, "MatMulBackward dx", shape, g[0], numGrad(loss, X, fdEps))
+		checkGrad(t, rep, "MatMulBackward dw", shape, g[1], numGrad(loss, W, fdEps))
+		checkGrad(t, rep, "MatMulBackward dbias", shape, g[2], numGrad(loss, Bs, fdEps))
+
+		// nil outputs are skipped, and the rest is unchanged.
+		dx := be.Alloc(N * C)
+		tr.MatMulBackward(dx, nil, nil, dyb, nil, wb, N, C, OC)
+		checkClose(t, rep, "MatMulBackward dx only", shape, download(t, be, dx), f64(g[0]), 0, 0)
+		dw := be.Alloc(OC * C)
+		tr.MatMulBackward(nil, dw, nil, dyb, xb, nil, N, C, OC)
+		checkClose(t, rep, "MatMulBackward dw only", shape, download(t, be, dw), f64(g[1]), 0, 0)
+	})
+
+	t.Run("RMSNorm", func(t *testing.T) {
+		be, r := newBackend(), seededRand(23)
+		tr := be.(backend.Trainer)
+		N, C := 4, 12
+		eps := float32(1e-5)
+		shape := "N=4 C=12"
+		x := randn(r, N*C, 1.5) // (N, C)
+		w := randn(r, C, 1)     // (C,)
+		dy := randn(r, N*C, 1)  // (N, C)
+		xb, wb, dyb := upload(t, be, x), upload(t, be, w), upload(t, be, dy)
+		g := accumulated(t, be, r, "RMSNormBackward", []int{N * C, C}, func(gr []backend.Buffer) {
+			tr.RMSNormBackward(gr[0], gr[1], dyb, xb, wb, N, C, eps)
+		})
+		X, W, DY := f64(x), f64(w), f64(dy)
+		loss := func() float64 { return dot(DY, refRMSNorm(X, W, N, C, float64(eps))) }
+		checkGrad(t, rep, "RMSNormBackward dx", shape, g[0], numGrad(loss, X, fdEps))
+		checkGrad(t, rep, "RMSNormBackward dw", shape, g[1], numGrad(loss, W, fdEps))
+	})
+
+	t.Run("RoPEPos", func(t *testing.T) {
+		be, r := newBackend(), seededRand(24)
+		tr := be.(backend.Trainer)
+		N, NH, D := 6, 2, 8
+		shape := "N=6 NH=2 D=8 packed pos"
+		pos := []int{0, 1, 2, 0, 1, 37} // two packed samples, and a far position
+		inv := ropeInvFreq(D, 10000)
+		invb := upload(t, be, inv)
+		x := randn(r, N*NH*D, 1) // (N, NH, D)
+		xb := upload(t, be, x)
+		tr.RoPEForwardPos(xb, invb, pos, N, NH, D)
+		checkClose(t, rep, "RoPEForwardPos", shape, download(t, be, xb), refRoPE(f64(x), inv, pos, N, NH, D), 1e-6, 1e-5)
+
+		// Same positions as RoPEForward's pos0+t: the same result.
+		y := randn(r, 3*NH*D, 1) // (1, 3, NH, D)
+		a, b := upload(t, be, y), upload(t, be, y)
+		be.RoPEForward(a, invb, 1, 3, NH, D, 4)
+		tr.RoPEForwardPos(b, invb, []int{4, 5, 6}, 3, NH, D)
+		checkClose(t, rep, "RoPEForwardPos = RoPEForward", "N=3 pos0=4", download(t, be, b), f64(download(t, be, a)), 1e-7, 1e-6)
+
+		dy := randn(r, N*NH*D, 1) // (N, NH, D)
+		dyb := upload(t, be, dy)
+		tr.RoPEBackwardPos(dyb, invb, pos, N, NH, D)
+		X, DY := f64(x), f64(dy)
+		fd := numGrad(func() float64 { return dot(DY, refRoPE(X, inv, pos, N, NH, D)) }, X, fdEps)
+		checkGrad(t, rep, "RoPEBackwardPos dx", shape, download(t, be, dyb), fd)
+	})
+
+	for _, tc := range []struct {
+		name string
+		seg  []int // (B·T) or nil
+	}{
+		{"one segment", nil},
+		{"packed", []int{0, 0, 0, 1, 1, 1, 1, 5, 5, 5, 5, 5, 5, 9}}, // batch 0: 2 samples; batch 1: 2
+	} {
+		t.Run("Attention "+tc.name, func(t *testing.T) {
+			be, r := newBackend(), seededRand(25)
+			tr := be.(backend.Trainer)
+			B, T, NH, NKV, D := 2, 7, 4, 2, 4
+			shape := "B=2 T=7 NH=4 NKV=2 D=4 " + tc.name
+			q := randn(r, B*T*NH*D, 1)  // (B, T, NH·D)
+			k := randn(r, B*T*NKV*D, 1) // (B, T, NKV·D)
+			v := randn(r, B*T*NKV*D, 1) // (B, T, NKV·D)
+			qb, kb, vb := upload(t, be, q), upload(t, be, k), upload(t, be, v)
+			out := be.Alloc(B * T * NH * D)
+			att := be.Alloc(B * NH * T * T)
+			tr.AttentionTrainForward(out, att, qb, kb, vb, tc.seg, B, T, NH, NKV, D)
+			Q, K, Vv := f64(q), f64(k), f64(v)
+			vis := segVisible(tc.seg, T)
+			wantOut, wantAtt := refAttention(Q, K, Vv, B, T, T, NH, NKV, D, vis)
+			checkClose(t, rep, "AttentionTrainForward out", shape, download(t, be, out), wantOut, 1e-5, 1e-4)
+			checkClose(t, rep, "AttentionTrainForward att", shape, download(t, be, att), wantAtt, 1e-6, 1e-4)
+
+			dout := randn(r, B*T*NH*D, 1) // (B, T, NH·D)
+			doutb := upload(t, be, dout)
+			g := accumulated(t, be, r, "AttentionBackward", []int{B * T * NH * D, B * T * NKV * D, B * T * NKV * D}, func(gr []backend.Buffer) {
+				tr.AttentionBackward(gr[0], gr[1], gr[2], doutb, att, qb, kb, vb, tc.seg, B, T, NH, NKV, D)
+			})
+			DO := f64(dout)
+			loss := func() float64 {
+				o, _ := refAttention(Q, K, Vv, B, T, T, NH, NKV, D, vis)
+				return dot(DO, o)
+			}
+			checkGrad(t, rep, "AttentionBackward dq", shape, g[0], numGrad(loss, Q, fdEps))
+			checkGrad(t, rep, "AttentionBackward dk", shape, g[1], numGrad(loss, K, fdEps))
+			checkGrad(t, rep, "AttentionBackward dv", shape, g[2], numGrad(loss, Vv, fdEps))
+		})
+	}
+
+	t.Run("Attention packed = separate", func(t *testing.T) {
+		// A packed sequence gives each sample exactly what it gets alone: the basis of the
+		// packed-equals-unpacked loss test.
+		be, r := newBackend(), seededRand(26)
+		tr := be.(backend.Trainer)
+		T1, T2, NH, NKV, D := 3, 4, 4, 2, 8
+		T := T1 + T2
+		q := randn(r, T*NH*D, 1)  // (1, T, NH·D)
+		k := randn(r, T*NKV*D, 1) // (1, T, NKV·D)
+		v := randn(r, T*NKV*D, 1) // (1, T, NKV·D)
+		packed := be.Alloc(T * NH * D)
+		tr.AttentionTrainForward(packed, be.Alloc(NH*T*T), upload(t, be, q), upload(t, be, k), upload(t, be, v), []int{0, 0, 0, 1, 1, 1, 1}, 1, T, NH, NKV, D)
+		got := download(t, be, packed)
+		want := make([]float64, 0, T*NH*D) // (T, NH·D)
+		for _, part := range [][2]int{{0, T1}, {T1, T}} {
+			lo, hi, n := part[0], part[1], part[1]-part[0]
+			out := be.Alloc(n * NH * D)
+			tr.AttentionTrainForward(out, be.Alloc(NH*n*n),
+				upload(t, be, q[lo*NH*D:hi*NH*D]), upload(t, be, k[lo*NKV*D:hi*NKV*D]), upload(t, be, v[lo*NKV*D:hi*NKV*D]),
+				nil, 1, n, NH, NKV, D)
+			want = append(want, f64(download(t, be, out))...)
+		}
+		checkClose(t, rep, "AttentionTrainForward packed=separate", "T=3+4 NH=4 NKV=2 D=8", got, want, 1e-6, 1e-6)
+	})
+
+	t.Run("SwiGLU", func(t *testing.T) {
+		be, r := newBackend(), seededRand(27)
+		tr := be.(backend.Trainer)
+		N := 31
+		shape := "N=31"
+		gt, up, dout := randn(r, N, 2.5), randn(r, N, 1), randn(r, N, 1) // (N,) each
+		gb, ub, db := upload(t, be, gt), upload(t, be, up), upload(t, be, dout)
+		g := accumulated(t, be, r, "SwiGLUBackward", []int{N, N}, func(gr []backend.Buffer) {
+			tr.SwiGLUBackward(gr[0], gr[1], db, gb, ub, N)
+		})
+		G, U, DO := f64(gt), f64(up), f64(dout)
+		loss := func() float64 { return dot(DO, refSwiGLU(G, U)) }
+		checkGrad(t, rep, "SwiGLUBackward dgate", shape, g[0], numGrad(loss, G, fdEps))
+		checkGrad(t, rep, "SwiGLUBackward dup", shape, g[1], numGrad(loss, U, fdEps))
+	})
+
+	t.Run("Embedding", func(t *testing.T) {
+		be, r := newBackend(), seededRand(28)
+		tr := be.(backend.Trainer)
+		V, C := 6, 5
+		tokens := []int{2, 5, 2, 0, 2, 4} // repeats accumulate
+		shape := "V=6 C=5 N=6 repeats"
+		table := randn(r, V*C, 1)          // (V, C)
+		dout := randn(r, len(tokens)*C, 1) // (N, C)
+		db := upload(t, be, dout)
+		g := accumulated(t, be, r, "EmbeddingBackward", []int{V * C}, func(gr []backend.Buffer) {
+			tr.EmbeddingBackward(gr[0], db, tokens, C)
+		})
+		TB, DO := f64(table), f64(dout)
+		fd := numGrad(func() float64 { return dot(DO, refEmbedding(TB, tokens, C)) }, TB, fdEps)
+		checkGrad(t, rep, "EmbeddingBackward dtable", shape, g[0], fd)
+	})
+}
