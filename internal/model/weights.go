@@ -3,6 +3,8 @@ package model
 import (
 	"fmt"
 	"slices"
+
+	"github.com/loractl/loractl/internal/backend"
 )
 
 // WeightShape returns the shape of the checkpoint tensor name ("model.layers.0.self_attn.q_proj.weight")
@@ -38,4 +40,27 @@ func (m *Model) AddToWeight(name string, delta []float32) error {
 		return m.be.Upload(buf, w)
 	}
 	return fmt.Errorf("model: no weight %q in this %s model", name, m.cfg.ModelType)
+}
+
+// Tensor returns the backend buffer that holds the checkpoint tensor name, with its shape. The
+// buffer belongs to the model: callers may read it, and the trainer updates it in place for full
+// fine-tuning, but must not free it. When the embeddings are tied, "lm_head.weight" is not a
+// tensor of its own; ask for "model.embed_tokens.weight".
+func (m *Model) Tensor(name string) (backend.Buffer, []int, bool) {
+	for _, s := range m.specs() {
+		if s.name == name {
+			return *s.dst, slices.Clone(s.shape), true
+		}
+	}
+	return nil, nil, false
+}
+
+// TensorNames lists the model's tensors in checkpoint naming and load order.
+func (m *Model) TensorNames() []string {
+	specs := m.specs()
+	names := make([]string, len(specs))
+	for i, s := range specs {
+		names[i] = s.name
+	}
+	return names
 }
