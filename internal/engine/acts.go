@@ -1,0 +1,199 @@
+package engine
+
+import "github.com/loractl/loractl/internal/backend"
+
+// layerActs are the activations of one decoder block that its backward pass reads (llm.c's
+// ActivationTensors, per layer). N = B·T tokens.
+type layerActs struct {
+	h1   backend.Buffer    // (N, C) input_layernorm output
+	qpre backend.Buffer    // (N, NH·D) q_proj output before q_norm (qwen3 only, else nil)
+	kpre backend.Buffer    // (N, NKV·D) k_proj output before k_norm (qwen3 only, else nil)
+	q    backend.Buffer    // (N, NH·D) queries after RoPE
+	k    backend.Buffer    // (N, NKV·D) keys after RoPE
+	v    backend.Buffer    // (N, NKV·D) values
+	att  backend.Buffer    // (B, NH, T, T) attention probabilities
+	a    backend.Buffer    // (N, NH·D) attention output, o_proj's input
+	x2   backend.Buffer    // (N, C) residual after the attention block
+	h2   backend.Buffer    // (N, C) post_attention_layernorm output
+	g    backend.Buffer    // (N, F) gate_proj output
+	up   backend.Buffer    // (N, F) up_proj output
+	mm   backend.Buffer    // (N, F) silu(g)·up, down_proj's input
+	u    [7]backend.Buffer // (N, r) each: A·drop(x) of every adapted Linear, nil when not adapted
+}
+
+// acts holds every activation, gradient and scratch buffer of one (B, T) shape.
+type acts struct {
+	B, T int
+	all  []backend.Buffer // everything allocated here, for freeing
+
+	xs     []backend.Buffer // (L+1) each (N, C): the input of every block, then the final residual
+	layers []layerActs      // (L), or (1) shared by all blocks with gradient checkpointing
+	hf     backend.Buffer   // (N, C) final norm output
+	logits backend.Buffer   // (N, V) logits, then their gradient (in place)
+	losses backend.Buffer   // (N) per-token loss
+	out    backend.Buffer   // (N, C) o_proj / down_proj output before the residual add
+	tmp    backend.Buffer   // (N, maxOut) LoRA: u·Bᵀ in forward, s·dy in backward
+
+	dres       backend.Buffer         // (N, C) gradient of the residual stream
+	dh         backend.Buffer         // (N, C) gradient of a norm output (h1, h2, hf)
+	da, dq     backend.Buffer         // (N, NH·D) each
+	dk, dv     backend.Buffer         // (N, NKV·D) each
+	dqn, dkn   backend.Buffer         // (N, NH·D), (N, NKV·D): gradients before q_norm/k_norm (qwen3), else nil
+	dmm        backend.Buffer         // (N, F)
+	dg, dup    backend.Buffer         // (N, F) each
+	du         backend.Buffer         // (N, r) LoRA: s·dy·B (nil for full)
+	xd, dxd    map[int]backend.Buffer // width → (N, width): drop(x) and its gradient (dropout > 0 only)
+	hostX      []float32              // (N·maxIn) host scratch for dropout
+	hostM      []float32              // (N·maxIn) dropout mask: 0 or 1/(1−p)
+	hostLosses []float32              // (N)
+	pos        []int                  // (N) positions when the batch gives none
+}
+
+// newActs lays out the buffers for (B, T) through alloc. MemoryPlan calls it with a counting
+// allocator, so the plan is exactly what training allocates.
+func (e *Engine) newActs(B, T int, ckpt bool, alloc func(n int) backend.Buffer) *acts {
+	cfg := e.cfg
+	N, C, F, V := B*T, cfg.HiddenSize, cfg.IntermediateSize, cfg.VocabSize
+	Q, KV, NH := cfg.QDim(), cfg.KVDim(), cfg.NumAttentionHeads
+	L := cfg.NumHiddenLayers
+	a := &acts{B: B, T: T}
+	get := func(n int) backend.Buffer {
+		b := alloc(n)
+		a.all = append(a.all, b)
+		return b
+	}
+	a.xs = make([]backend.Buffer, L+1)
+	for l := range a.xs {
+		a.xs[l] = get(N * C)
+	}
+	nl := L
+	if ckpt {
+		nl = 1
+	}
+	a.layers = make([]layerActs, nl)
+	for l := range a.layers {
+		la := &a.layers[l]
+		la.h1 = get(N * C)
+		if cfg.QKNorm() {
+			la.qpre, la.kpre = get(N*Q), get(N*KV)
+		}
+		la.q, la.k, la.v = get(N*Q), get(N*KV), get(N*KV)
+		la.att = get(B * NH * T * T)
+		la.a = get(N * Q)
+		la.x2, la.h2 = get(N*C), get(N*C)
+		la.g, la.up, la.mm = get(N*F), get(N*F), get(N*F)
+		for i := range la.u {
+			// With checkpointing the shared set needs a u for every Linear adapted in any layer.
+			if e.adapted(l, i, ckpt) {
+				la.u[i] = get(N * e.r)
+			}
+		}
+	}
+	a.hf, a.logits, a.losses, a.out = get(N*C), get(N*V), get(N), get(N*C)
+	a.dres, a.dh = get(N*C), get(N*C)
+	a.da, a.dq, a.dk, a.dv = get(N*Q), get(N*Q), get(N*KV), get(N*KV)
+	if cfg.QKNorm() {
+		a.dqn, a.dkn = get(N*Q), get(N*KV)
+	}
+	a.dmm, a.dg, a.dup = get(N*F), get(N*F), get(N*F)
+	if e.ad != nil {
+		a.tmp = get(N * max(Q, KV, C, F))
+		a.du = get(N * e.r)
+		if e.opt.Dropout > 0 {
+			a.xd, a.dxd = map[int]backend.Buffer{}, map[int]backend.Buffer{}
+			for _, bl := range e.blocks {
+				for _, lin := range bl.lin {
+					if lin.lora != nil && a.xd[lin.in] == nil {
+						a.xd[lin.in], a.dxd[lin.in] = get(N*lin.in), get(N*lin.in)
+					}
+				}
+			}
+		}
+	}
+	return a
+}
+
+// adapted reports whether Linear i of layer l has a LoRA pair; with shared (checkpointing)
+// activations, whether it has one in any layer.
+func (e *Engine) adapted(l, i int, shared bool) bool {
+	if !shared {
+		return e.blocks[l].lin[i].lora != nil
+	}
+	for _, bl := range e.blocks {
+		if bl.lin[i].lora != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// ensureActs makes e.act fit (B, T), reallocating when the shape changes.
+func (e *Engine) ensureActs(B, T int) {
+	if e.act != nil && e.act.B == B && e.act.T == T {
+		return
+	}
+	e.freeActs()
+	a := e.newActs(B, T, e.opt.GradCheckpointing, e.be.Alloc)
+	N, maxIn := B*T, 0
+	for w := range a.xd {
+		maxIn = max(maxIn, w)
+	}
+	a.hostX, a.hostM = make([]float32, N*maxIn), make([]float32, N*maxIn)
+	a.hostLosses = make([]float32, N)
+	a.pos = make([]int, N)
+	e.act = a
+}
+
+// freeActs releases the activation buffers.
+func (e *Engine) freeActs() {
+	if e.act == nil {
+		return
+	}
+	for _, b := range e.act.all {
+		e.be.Free(b)
+	}
+	e.act = nil
+}
+
+// layer returns the activations of block l (the shared set with gradient checkpointing).
+func (a *acts) layer(l int) *layerActs {
+	if len(a.layers) == 1 {
+		return &a.layers[0]
+	}
+	return &a.layers[l]
+}
+
+// MemoryPlan is the memory a training step needs, in bytes, on the device.
+type MemoryPlan struct {
+	Weights                    int64 // the model's weights (float32)
+	Trainable                  int64 // trainable values (the LoRA A/B; for full, the weights themselves)
+	Grads                      int64 // their gradients
+	Optimizer                  int64 // AdamW's two moments (held on the host by internal/optim)
+	Activations                int64 // activations, gradients of activations and scratch, as configured
+	ActivationsNoCheckpointing int64 // the same without gradient checkpointing
+}
+
+// countBuf is a Buffer of a given length that holds nothing: MemoryPlan's allocator.
+type countBuf int
+
+// Len returns the buffer's length.
+func (c countBuf) Len() int { return int(c) }
+
+// MemoryPlan returns the memory of a micro-batch of B rows of T tokens, counted with the
+// layout that ForwardBackward allocates.
+func (e *Engine) MemoryPlan(B, T int) MemoryPlan {
+	count := func(ckpt bool) int64 {
+		var n int64
+		e.newActs(B, T, ckpt, func(k int) backend.Buffer { n += int64(k); return countBuf(k) })
+		return 4 * n
+	}
+	nt := 4 * e.NumTrainable()
+	return MemoryPlan{
+		Weights:                    4 * e.cfg.NumParams(),
+		Trainable:                  nt,
+		Grads:                      nt,
+		Optimizer:                  2 * nt,
+		Activations:                count(e.opt.GradCheckpointing),
+		ActivationsNoCheckpointing: count(false),
+	}
+}
