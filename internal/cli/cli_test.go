@@ -84,7 +84,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 }
 
 func TestUnimplementedCommandsSaySo(t *testing.T) {
-	for _, cmd := range []string{"train", "merge", "quantize", "eval"} {
+	for _, cmd := range []string{"merge", "quantize", "eval"} {
 		code, _, errs := run(t, "", cmd, "--config", "x.yaml")
 		if code != 1 || !strings.Contains(errs, "not implemented yet") {
 			t.Errorf("%s: exit %d, stderr %q; want exit 1 and a plain 'not implemented yet'", cmd, code, errs)
@@ -402,5 +402,49 @@ func TestGenerateWithAdapter(t *testing.T) {
 	code, _, errs = run(t, "", append(args, "--adapter", wrong)...)
 	if code != 1 || !strings.Contains(errs, wrong) || !strings.Contains(errs, "another base model") {
 		t.Fatalf("adapter for another base: exit %d, %q", code, errs)
+	}
+}
+
+// TestTrainCommand runs a short LoRA job through the command line: --set and the flag
+// shortcuts reach the config, --dry-run trains nothing, typos get a hint.
+func TestTrainCommand(t *testing.T) {
+	dir := stories(t)
+	work := t.TempDir()
+	data := filepath.Join(work, "d.jsonl")
+	var b strings.Builder
+	for i := 0; i < 30; i++ {
+		b.WriteString(`{"text":"Lily and Tom went to the park and saw a big dog."}` + "\n")
+	}
+	os.WriteFile(data, []byte(b.String()), 0o644)
+	cfg := filepath.Join(work, "c.yaml")
+	os.WriteFile(cfg, []byte("model:\n  path: "+dir+"\ndata:\n  train: "+data+"\n  seq_len: 24\nlora:\n  r: 2\ntrain:\n  max_steps: 50\n  batch_size: 2\n  eval_every: 0\n"), 0o644)
+	out := filepath.Join(work, "out")
+
+	code, stdout, errs := run(t, "", "train", "--config", cfg, "--dry-run", "--set", "lora.r=3", "--out", out)
+	if code != 0 || !strings.Contains(stdout, "r: 3") || !strings.Contains(stdout, "dir: "+out) || !strings.Contains(stdout, "trainable:") {
+		t.Fatalf("dry run: exit %d\n%s\n%s", code, stdout, errs)
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Fatal("--dry-run created the output folder")
+	}
+	code, _, errs = run(t, "", "train", "--config", cfg, "--out", out, "--max-steps", "3", "--quiet")
+	if code != 0 {
+		t.Fatalf("train: exit %d: %s", code, errs)
+	}
+	recs, err := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
+	if err != nil || strings.Count(string(recs), "\n") != 3 {
+		t.Fatalf("--max-steps 3 gave metrics %q (%v)", recs, err)
+	}
+	code, _, errs = run(t, "", "train", "--config", cfg, "--set", "lora.rank=4")
+	if code != 1 || !strings.Contains(errs, `did you mean "lora.r"`) {
+		t.Fatalf("typo: exit %d %q", code, errs)
+	}
+	code, _, errs = run(t, "", "train", "--config", cfg, "--out", out, "--max-steps", "3", "--quiet")
+	if code != 1 || !strings.Contains(errs, "--overwrite") {
+		t.Fatalf("finished run: exit %d %q", code, errs)
+	}
+	code, _, errs = run(t, "", "generate", "--model", dir, "--adapter", out, "--prompt", "Lily", "-n", "4")
+	if code != 0 {
+		t.Fatalf("generate with the trained adapter: exit %d %q", code, errs)
 	}
 }

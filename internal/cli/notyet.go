@@ -14,13 +14,9 @@ func notYet(use, short, milestone string) *cobra.Command {
 		Short:              short + " (not implemented yet)",
 		DisableFlagParsing: true,
 		RunE: func(c *cobra.Command, _ []string) error {
-			return fmt.Errorf("%s is not implemented yet: it arrives with %s; this build can run generate, tokenize and inspect", c.Name(), milestone)
+			return fmt.Errorf("%s is not implemented yet: it arrives with %s; this build can run train, generate, tokenize and inspect", c.Name(), milestone)
 		},
 	}
-}
-
-func newTrainCmd(*streams) *cobra.Command {
-	return notYet("train", "Train LoRA adapters from a YAML config", "LoRA training on the CPU (issue #3)")
 }
 
 func newMergeCmd(*streams) *cobra.Command {

@@ -1,0 +1,337 @@
+package train
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/loractl/loractl/internal/config"
+	"github.com/loractl/loractl/internal/data"
+	"github.com/loractl/loractl/internal/lora"
+	"github.com/loractl/loractl/internal/metrics"
+	"github.com/loractl/loractl/internal/optim"
+	"github.com/loractl/loractl/internal/safetensors"
+)
+
+// Files of a run folder and of its checkpoints.
+const (
+	stateFile     = "trainer_state.json"
+	optimizerFile = "optimizer.safetensors"
+	modelFile     = "model.safetensors" // full fine-tuning
+	runFile       = "run.json"          // written last: the run finished
+)
+
+// trainerState is trainer_state.json: everything besides tensors that a resume needs.
+type trainerState struct {
+	Version     int          `json:"version"`
+	Step        int          `json:"step"`
+	Base        string       `json:"base_fingerprint"`
+	Compat      compat       `json:"config"`
+	Data        data.State   `json:"data"`
+	RNG         string       `json:"rng"` // engine dropout RNG, base64
+	TrainedWith config.Train `json:"-"`
+}
+
+// compat is the part of the config that a checkpoint must share with the run resuming it.
+type compat struct {
+	Method    string   `json:"method"`
+	R         int      `json:"r"`
+	Alpha     float64  `json:"alpha"`
+	RSLoRA    bool     `json:"rslora"`
+	Targets   []string `json:"targets"`
+	Layers    []int    `json:"layers"`
+	Seed      uint64   `json:"seed"`
+	BatchSize int      `json:"batch_size"`
+	GradAccum int      `json:"grad_accum"`
+	SeqLen    int      `json:"seq_len"`
+	Packing   bool     `json:"packing"`
+}
+
+func compatOf(c *config.Train) compat {
+	return compat{Method: c.LoRA.Method, R: c.LoRA.R, Alpha: c.LoRA.Alpha, RSLoRA: c.LoRA.RSLoRA, Targets: c.LoRA.Targets,
+		Layers: c.LoRA.Layers, Seed: c.Train.Seed, BatchSize: c.Train.BatchSize, GradAccum: c.Train.GradAccum,
+		SeqLen: c.Data.SeqLen, Packing: c.Data.Packing}
+}
+
+// save writes checkpoint-<step> atomically: everything goes into a temporary folder beside it,
+// which is renamed into place once complete.
+func (j *job) save(step int) (string, error) {
+	out := j.cfg.Output.Dir
+	final := filepath.Join(out, "checkpoint-"+strconv.Itoa(step))
+	tmp, err := os.MkdirTemp(out, ".checkpoint-"+strconv.Itoa(step)+".tmp-")
+	if err != nil {
+		return "", fmt.Errorf("checkpoint: %w", err)
+	}
+	defer os.RemoveAll(tmp) // gone after a successful rename
+	if err := j.writeWeights(tmp); err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", final, err)
+	}
+	st := j.adamw.State()
+	ts := make([]safetensors.Tensor, len(st.Tensors))
+	for i, t := range st.Tensors {
+		b, err := safetensors.EncodeFloat32(safetensors.F32, t.Data)
+		if err != nil {
+			return "", err
+		}
+		ts[i] = safetensors.Tensor{Name: t.Name, DType: safetensors.F32, Shape: []int{len(t.Data)}, Data: b}
+	}
+	if err := safetensors.Write(filepath.Join(tmp, optimizerFile), ts, map[string]string{"step": strconv.Itoa(st.Step)}); err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", final, err)
+	}
+	ts2 := trainerState{Version: 1, Step: step, Base: j.base, Compat: compatOf(j.cfg), Data: j.loader.State(),
+		RNG: base64.StdEncoding.EncodeToString(j.eng.RNGState())}
+	b, _ := json.MarshalIndent(ts2, "", "  ")
+	if err := writeFileAtomic(filepath.Join(tmp, stateFile), append(b, '\n')); err != nil {
+		return "", err
+	}
+	if err := os.RemoveAll(final); err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", final, err)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", final, err)
+	}
+	syncDir(out)
+	return final, nil
+}
+
+// writeWeights writes the trained weights into dir: the PEFT adapter, or model.safetensors
+// for full fine-tuning.
+func (j *job) writeWeights(dir string) error {
+	if a := j.eng.Adapter(); a != nil {
+		return a.Save(dir)
+	}
+	ps := j.eng.Params()
+	ts := make([]safetensors.Tensor, len(ps))
+	for i, p := range ps {
+		_, shape, ok := j.m.Tensor(p.Name)
+		if !ok {
+			return fmt.Errorf("no model tensor %s", p.Name)
+		}
+		b, err := safetensors.EncodeFloat32(safetensors.F32, p.Data)
+		if err != nil {
+			return err
+		}
+		ts[i] = safetensors.Tensor{Name: p.Name, DType: safetensors.F32, Shape: shape, Data: b}
+	}
+	return safetensors.Write(filepath.Join(dir, modelFile), ts, map[string]string{"format": "pt"})
+}
+
+// restore loads a checkpoint into the job and returns its step.
+func (j *job) restore(dir string) (int, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		return 0, fmt.Errorf("resume %s: %v; point --resume at a checkpoint-N folder of a run", dir, err)
+	}
+	var st trainerState
+	if err := json.Unmarshal(raw, &st); err != nil || st.Version != 1 {
+		return 0, fmt.Errorf("resume %s: %s is corrupt or of another version", dir, stateFile)
+	}
+	if st.Base != j.base {
+		return 0, fmt.Errorf("resume %s: the checkpoint was trained on another base model (fingerprint %.12s, this model %.12s); use the same model.path", dir, st.Base, j.base)
+	}
+	if want := compatOf(j.cfg); !reflect.DeepEqual(normCompat(st.Compat), normCompat(want)) {
+		return 0, fmt.Errorf("resume %s: the checkpoint's config (%+v) differs from this run's (%+v); resume with the config it was trained with", dir, st.Compat, want)
+	}
+	if st.Step < 0 || st.Step > j.cfg.Train.MaxSteps {
+		return 0, fmt.Errorf("resume %s: checkpoint step %d is past train.max_steps %d", dir, st.Step, j.cfg.Train.MaxSteps)
+	}
+	// Weights.
+	byName := map[string][]float32{}
+	if j.eng.Adapter() != nil {
+		a, err := lora.Load(dir)
+		if err != nil {
+			return 0, err
+		}
+		for _, p := range a.Pairs {
+			byName[p.Module.Path+".lora_A.weight"] = p.A
+			byName[p.Module.Path+".lora_B.weight"] = p.B
+		}
+	} else {
+		f, err := safetensors.Open(filepath.Join(dir, modelFile))
+		if err != nil {
+			return 0, err
+		}
+		for _, t := range f.Tensors() {
+			v, err := f.Float32(t.Name)
+			if err != nil {
+				f.Close()
+				return 0, err
+			}
+			byName[t.Name] = v
+		}
+		f.Close()
+	}
+	for _, p := range j.eng.Params() {
+		v, ok := byName[p.Name]
+		if !ok || len(v) != len(p.Data) {
+			return 0, fmt.Errorf("resume %s: tensor %s is missing or has another size in the checkpoint", dir, p.Name)
+		}
+		copy(p.Data, v)
+	}
+	if err := j.eng.SyncParams(); err != nil {
+		return 0, err
+	}
+	// Optimizer, data order, RNG.
+	f, err := safetensors.Open(filepath.Join(dir, optimizerFile))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	ost := optim.State{}
+	if ost.Step, err = strconv.Atoi(f.Metadata()["step"]); err != nil {
+		return 0, fmt.Errorf("resume %s: %s has no step", dir, optimizerFile)
+	}
+	for _, t := range f.Tensors() {
+		v, err := f.Float32(t.Name)
+		if err != nil {
+			return 0, err
+		}
+		ost.Tensors = append(ost.Tensors, optim.Tensor{Name: t.Name, Data: v})
+	}
+	if err := j.adamw.SetState(ost); err != nil {
+		return 0, fmt.Errorf("resume %s: %w", dir, err)
+	}
+	if err := j.loader.Restore(st.Data); err != nil {
+		return 0, fmt.Errorf("resume %s: %w", dir, err)
+	}
+	rng, err := base64.StdEncoding.DecodeString(st.RNG)
+	if err != nil {
+		return 0, fmt.Errorf("resume %s: bad rng state", dir)
+	}
+	if err := j.eng.SetRNGState(rng); err != nil {
+		return 0, fmt.Errorf("resume %s: %w", dir, err)
+	}
+	return st.Step, nil
+}
+
+func normCompat(c compat) compat {
+	if len(c.Layers) == 0 {
+		c.Layers = nil
+	}
+	return c
+}
+
+// finish writes the run's outputs: weights, loss.png and, last, run.json.
+func (j *job) finish(mw *metrics.Writer) error {
+	out := j.cfg.Output.Dir
+	if err := j.writeWeights(out); err != nil {
+		return err
+	}
+	if j.eng.Adapter() == nil {
+		// A full fine-tune is a model folder of its own: copy the base's config and tokenizer.
+		for _, f := range []string{"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model"} {
+			b, err := os.ReadFile(filepath.Join(j.cfg.Model.Path, f))
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if err := writeFileAtomic(filepath.Join(out, f), b); err != nil {
+				return err
+			}
+		}
+	}
+	recs, err := metrics.ReadFile(mw.Path())
+	if err != nil {
+		return err
+	}
+	tr, ev := metrics.Curves(recs)
+	if err := metrics.PlotLoss(filepath.Join(out, "loss.png"), tr, ev); err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(map[string]any{"steps": j.cfg.Train.MaxSteps, "base_fingerprint": j.base}, "", "  ")
+	return writeFileAtomic(filepath.Join(out, runFile), append(b, '\n'))
+}
+
+// checkOutputDir refuses to start a new run over a finished one unless overwrite is set, and
+// then clears that run's outputs.
+func checkOutputDir(dir string, overwrite bool) error {
+	if _, err := os.Stat(filepath.Join(dir, runFile)); err != nil {
+		return nil
+	}
+	if !overwrite {
+		return fmt.Errorf("output dir %s already holds a finished run (%s); pass --overwrite to replace it, or choose another --out", dir, runFile)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		n := e.Name()
+		if strings.HasPrefix(n, "checkpoint-") || n == runFile || n == "metrics.jsonl" || n == "loss.png" || n == "config.yaml" ||
+			n == lora.WeightsFile || n == lora.ConfigFile || n == modelFile {
+			if err := os.RemoveAll(filepath.Join(dir, n)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// fingerprint identifies a base model: config.json, and every tensor's name, dtype, shape and
+// first 4 KiB of data.
+func fingerprint(dir string) (string, error) {
+	h := sha256.New()
+	cfg, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		return "", err
+	}
+	h.Write(cfg)
+	ck, err := safetensors.OpenCheckpoint(dir)
+	if err != nil {
+		return "", err
+	}
+	defer ck.Close()
+	names := ck.Names()
+	sort.Strings(names)
+	for _, n := range names {
+		info, _ := ck.Info(n)
+		fmt.Fprintf(h, "%s %s %v\n", n, info.DType, info.Shape)
+		b, err := ck.Bytes(n)
+		if err != nil {
+			return "", err
+		}
+		h.Write(b[:min(len(b), 4096)])
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// writeFileAtomic writes data to a temporary file beside path, syncs it and renames it.
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	name := tmp.Name()
+	defer os.Remove(name)
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("%s: %w (is the disk full?)", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(name, path)
+}
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}
