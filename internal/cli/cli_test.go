@@ -432,7 +432,7 @@ func TestTrainCommand(t *testing.T) {
 		t.Fatalf("train: exit %d: %s", code, errs)
 	}
 	recs, err := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
-	if err != nil || strings.Count(string(recs), "\n") != 3 {
+	if err != nil || strings.Count(string(recs), "\n") != 4 { // the eval before training, then 3 steps
 		t.Fatalf("--max-steps 3 gave metrics %q (%v)", recs, err)
 	}
 	code, _, errs = run(t, "", "train", "--config", cfg, "--set", "lora.rank=4")

@@ -96,8 +96,8 @@ func runTrain(ctx context.Context, s *streams, cfg *config.Train, o *trainOption
 		return err
 	}
 	if !o.DryRun && !o.Quiet {
-		fmt.Fprintf(s.Err, "done: %d steps, last loss %.4f, eval loss %.4f, %.0f tokens/s; outputs in %s\n",
-			res.Steps, res.Loss, res.EvalLoss, res.TokensPerS, res.OutputDir)
+		fmt.Fprintf(s.Err, "done: %d steps, last loss %.4f, eval loss %.4f (%.4f before training), %.0f tokens/s; outputs in %s\n",
+			res.Steps, res.Loss, res.EvalLoss, res.EvalLossStart, res.TokensPerS, res.OutputDir)
 	}
 	return nil
 }

@@ -43,6 +43,8 @@ type Result struct {
 	Steps      int
 	Loss       float64 // mean training loss of the last step
 	EvalLoss   float64 // last evaluation, NaN if none
+	// EvalLossStart is the evaluation before the first step (NaN if none or resumed).
+	EvalLossStart float64
 	TokensPerS float64
 	OutputDir  string
 }
@@ -85,7 +87,7 @@ func Run(ctx context.Context, cfg *config.Train, opt Options) (*Result, error) {
 	}
 	defer j.eng.Close()
 	if opt.DryRun {
-		return &Result{EvalLoss: math.NaN(), OutputDir: cfg.Output.Dir}, j.dryRun()
+		return &Result{EvalLoss: math.NaN(), EvalLossStart: math.NaN(), OutputDir: cfg.Output.Dir}, j.dryRun()
 	}
 	return j.loop(ctx)
 }
@@ -264,7 +266,19 @@ func (j *job) loop(ctx context.Context) (*Result, error) {
 	if j.opt.ReporterFor != nil {
 		rep = j.opt.ReporterFor(c.Train.MaxSteps, start)
 	}
-	res := &Result{EvalLoss: math.NaN(), OutputDir: out}
+	res := &Result{EvalLoss: math.NaN(), EvalLossStart: math.NaN(), OutputDir: out}
+	if start == 0 && len(j.evalSet) > 0 {
+		// The base model's eval loss: the baseline every later evaluation is read against.
+		el, err := j.evaluate()
+		if err != nil {
+			return nil, err
+		}
+		res.EvalLossStart = el
+		rep.OnEval(metrics.EvalEvent{Step: 0, Loss: el})
+		if err := mw.Write(metrics.Record{Step: 0, Loss: math.NaN(), LR: math.NaN(), GradNorm: math.NaN(), TokensPerS: math.NaN(), HasEval: true, EvalLoss: el}); err != nil {
+			return nil, err
+		}
+	}
 	began := time.Now()
 	lastGood := ""
 	var tokens int64
