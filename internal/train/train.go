@@ -40,13 +40,13 @@ type Options struct {
 
 // Result summarises a finished (or dry) run.
 type Result struct {
-	Steps      int
-	Loss       float64 // mean training loss of the last step
-	EvalLoss   float64 // last evaluation, NaN if none
+	Steps    int
+	Loss     float64 // mean training loss of the last step
+	EvalLoss float64 // last evaluation, NaN if none
 	// EvalLossStart is the evaluation before the first step (NaN if none or resumed).
 	EvalLossStart float64
-	TokensPerS float64
-	OutputDir  string
+	TokensPerS    float64
+	OutputDir     string
 }
 
 // ErrInterrupted is returned (wrapped) when the context is cancelled, after a checkpoint.
