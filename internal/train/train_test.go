@@ -3,6 +3,7 @@ package train
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"math"
@@ -239,5 +240,57 @@ func TestDryRun(t *testing.T) {
 	}
 	if _, err := os.Stat(c.Output.Dir); err == nil {
 		t.Error("a dry run created the output folder")
+	}
+}
+
+// TestInitAdapterContinues: a run started from a finished run's adapter begins where that run
+// ended (its eval before training equals the first run's last eval).
+func TestInitAdapterContinues(t *testing.T) {
+	first := filepath.Join(t.TempDir(), "first")
+	c := tinyConfig(t, first, 4)
+	res, err := Run(context.Background(), c, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := tinyConfig(t, filepath.Join(t.TempDir(), "second"), 2)
+	second.Data.Train = c.Data.Train
+	res2, err := Run(context.Background(), second, Options{InitAdapter: first})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res2.EvalLossStart != res.EvalLoss {
+		t.Fatalf("eval loss at the start of the continued run %v, want the first run's final %v", res2.EvalLossStart, res.EvalLoss)
+	}
+}
+
+// TestResumeOnAnotherBase: a checkpoint is refused by a run whose base weights differ.
+func TestResumeOnAnotherBase(t *testing.T) {
+	src := refdata.Stories260K(t)
+	base := t.TempDir()
+	for _, f := range []string{"config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"} {
+		b, err := os.ReadFile(filepath.Join(src, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(base, f), b, 0o644)
+	}
+	out := filepath.Join(t.TempDir(), "run")
+	c := tinyConfig(t, out, 4)
+	c.Train.SaveEvery = 2
+	if _, err := Run(context.Background(), c, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	// Change one weight value of the copy: same shapes, another model.
+	st := filepath.Join(base, "model.safetensors")
+	b, _ := os.ReadFile(st)
+	dataStart := 8 + int(binary.LittleEndian.Uint64(b[:8]))
+	b[dataStart+8] ^= 0x01 // the low mantissa bit of the third float of the first tensor
+	os.WriteFile(st, b, 0o644)
+	c2 := tinyConfig(t, out, 4)
+	c2.Data.Train = c.Data.Train
+	c2.Model.Path = base
+	_, err := Run(context.Background(), c2, Options{Resume: filepath.Join(out, "checkpoint-2")})
+	if err == nil || !strings.Contains(err.Error(), "another base model") {
+		t.Fatalf("resume on a changed base: %v", err)
 	}
 }
