@@ -23,6 +23,7 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 const usage = `usage:
   tinymodel init -out DIR [flags]   write a random-init tiny Llama with the character tokenizer
   tinymodel data -out DIR [flags]   write the synthetic pretraining and fine-tuning JSONL files
+  tinymodel score [-model DIR] [-adapter DIR] [-data FILE]   exact-answer accuracy of greedy answers
 Run "tinymodel init -h" or "tinymodel data -h" for the flags.
 `
 
@@ -38,6 +39,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runInit(args[1:], stdout, stderr)
 	case "data":
 		err = runData(args[1:], stdout, stderr)
+	case "score":
+		err = runScore(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
