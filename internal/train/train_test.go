@@ -294,3 +294,22 @@ func TestResumeOnAnotherBase(t *testing.T) {
 		t.Fatalf("resume on a changed base: %v", err)
 	}
 }
+
+// TestQuickstartConfig runs the README's main job for a few steps from the repository root:
+// the committed tiny model and data load, and the eval loss falls.
+func TestQuickstartConfig(t *testing.T) {
+	t.Chdir("../..")
+	out := filepath.Join(t.TempDir(), "quick")
+	c, err := config.ResolveTrain("configs/quickstart.yaml", []string{"train.max_steps=40", "train.eval_every=20", "output.dir=" + out}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Run(context.Background(), c, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("quickstart, 40 steps: eval loss %.3f -> %.3f, %.0f tokens/s", res.EvalLossStart, res.EvalLoss, res.TokensPerS)
+	if !(res.EvalLoss < res.EvalLossStart/2) {
+		t.Fatalf("eval loss %.3f -> %.3f: the quickstart did not learn", res.EvalLossStart, res.EvalLoss)
+	}
+}
