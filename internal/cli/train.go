@@ -88,16 +88,13 @@ func runTrain(ctx context.Context, s *streams, cfg *config.Train, o *trainOption
 			return metrics.NewLog(s.Err, o.LogEvery)
 		}
 	}
-	res, err := train.Run(ctx, cfg, opt)
-	if err != nil {
-		if errors.Is(err, train.ErrInterrupted) {
-			fmt.Fprintln(s.Err)
-		}
-		return err
+	// The reporter prints the summary; the result is for callers that embed the trainer.
+	_, err := train.Run(ctx, cfg, opt)
+	if errors.Is(err, train.ErrInterrupted) {
+		fmt.Fprintln(s.Err)
 	}
-	if !o.DryRun && !o.Quiet {
-		fmt.Fprintf(s.Err, "done: %d steps, last loss %.4f, eval loss %.4f (%.4f before training), %.0f tokens/s; outputs in %s\n",
-			res.Steps, res.Loss, res.EvalLoss, res.EvalLossStart, res.TokensPerS, res.OutputDir)
+	if err != nil {
+		return err
 	}
 	return nil
 }
