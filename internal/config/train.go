@@ -143,6 +143,9 @@ func ResolveTrain(file string, sets []string, fs *pflag.FlagSet) (*Train, error)
 		}
 		for k, val := range fileKeys {
 			if s, ok := val.(string); ok {
+				if name := unsetVar(s); name != "" {
+					return nil, fmt.Errorf("config file %s: %s refers to ${%s}, which is not set; export %s (e.g. export LORACTL_TESTDATA=$(realpath ../shared))", file, k, name, name)
+				}
 				val = ExpandEnv(s)
 			}
 			v.Set(k, val)
@@ -368,4 +371,14 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// unsetVar returns the name of the first ${NAME} in s whose variable is not set, or "".
+func unsetVar(s string) string {
+	for _, m := range envRef.FindAllStringSubmatch(s, -1) {
+		if _, ok := os.LookupEnv(m[1]); !ok {
+			return m[1]
+		}
+	}
+	return ""
 }

@@ -168,3 +168,11 @@ func TestEditDistance(t *testing.T) {
 		}
 	}
 }
+
+func TestUnsetVariableInFile(t *testing.T) {
+	file := writeFile(t, "model:\n  path: ${LORACTL_SURELY_UNSET_VAR}/m\ndata:\n  train: d.jsonl\n")
+	_, err := ResolveTrain(file, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "LORACTL_SURELY_UNSET_VAR") || !strings.Contains(err.Error(), "model.path") {
+		t.Fatalf("unset variable: %v", err)
+	}
+}
