@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 
+	"github.com/loractl/loractl/internal/atomicfile"
 	"github.com/loractl/loractl/internal/safetensors"
 )
 
@@ -80,7 +81,7 @@ func (a *Adapter) Save(dir string) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, ConfigFile), append(js, '\n'))
+	return atomicfile.Write(filepath.Join(dir, ConfigFile), append(js, '\n'))
 }
 
 // tensorName matches PEFT LoRA tensor names; PEFT strips the adapter name on save, but files
@@ -186,29 +187,4 @@ func Load(dir string) (*Adapter, error) {
 	}
 	a.sortPairs()
 	return a, nil
-}
-
-// writeFileAtomic writes data to a temporary file beside path, syncs it and renames it.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	name := tmp.Name()
-	defer os.Remove(name) // no-op after a successful rename
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("%s: %w (is the disk full?)", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if err := os.Rename(name, path); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return nil
 }

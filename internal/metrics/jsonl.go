@@ -13,8 +13,9 @@ import (
 	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"strconv"
+
+	"github.com/loractl/loractl/internal/atomicfile"
 )
 
 // Record is one line of metrics.jsonl:
@@ -134,7 +135,7 @@ func Reopen(path string, lastStep int) (*Writer, error) {
 			buf.WriteByte('\n')
 		}
 	}
-	if err := writeFileAtomic(path, buf.Bytes()); err != nil {
+	if err := atomicfile.Write(path, buf.Bytes()); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o644)
@@ -200,36 +201,4 @@ func Read(r io.Reader, name string) ([]Record, error) {
 		return nil, fmt.Errorf("metrics: read %s: %w", name, err)
 	}
 	return recs, nil
-}
-
-// writeFileAtomic writes data to a temporary file next to path, syncs it and renames it over
-// path, so path holds either the old or the new content, never a mix.
-func writeFileAtomic(path string, data []byte) (err error) {
-	dir, base := filepath.Dir(path), filepath.Base(path)
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err = tmp.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = tmp.Chmod(0o644); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = tmp.Sync(); err != nil {
-		return fmt.Errorf("write %s: fsync: %w", path, err)
-	}
-	if err = tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

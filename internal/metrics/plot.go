@@ -11,6 +11,8 @@ import (
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgimg"
+
+	"github.com/loractl/loractl/internal/atomicfile"
 )
 
 // Point is one loss value at an optimizer step.
@@ -98,7 +100,7 @@ func PlotLoss(path string, train, eval []Point) error {
 	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(&buf); err != nil {
 		return fmt.Errorf("loss plot %s: render: %w", path, err)
 	}
-	if err := writeFileAtomic(path, buf.Bytes()); err != nil {
+	if err := atomicfile.Write(path, buf.Bytes()); err != nil {
 		return fmt.Errorf("loss plot: %w; check that the output folder exists and is writable", err)
 	}
 	return nil

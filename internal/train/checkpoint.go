@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/loractl/loractl/internal/atomicfile"
 	"github.com/loractl/loractl/internal/config"
 	"github.com/loractl/loractl/internal/data"
 	"github.com/loractl/loractl/internal/lora"
@@ -91,7 +92,7 @@ func (j *job) save(step int) (string, error) {
 	ts2 := trainerState{Version: 1, Step: step, Base: j.base, Compat: compatOf(j.cfg), Data: j.loader.State(),
 		RNG: base64.StdEncoding.EncodeToString(j.eng.RNGState())}
 	b, _ := json.MarshalIndent(ts2, "", "  ")
-	if err := writeFileAtomic(filepath.Join(tmp, stateFile), append(b, '\n')); err != nil {
+	if err := atomicfile.Write(filepath.Join(tmp, stateFile), append(b, '\n')); err != nil {
 		return "", err
 	}
 	if err := os.RemoveAll(final); err != nil {
@@ -100,7 +101,7 @@ func (j *job) save(step int) (string, error) {
 	if err := os.Rename(tmp, final); err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", final, err)
 	}
-	syncDir(out)
+	atomicfile.SyncDir(out)
 	return final, nil
 }
 
@@ -237,7 +238,7 @@ func (j *job) finish(mw *metrics.Writer) error {
 			if err != nil {
 				return err
 			}
-			if err := writeFileAtomic(filepath.Join(out, f), b); err != nil {
+			if err := atomicfile.Write(filepath.Join(out, f), b); err != nil {
 				return err
 			}
 		}
@@ -251,7 +252,7 @@ func (j *job) finish(mw *metrics.Writer) error {
 		return err
 	}
 	b, _ := json.MarshalIndent(map[string]any{"steps": j.cfg.Train.MaxSteps, "base_fingerprint": j.base}, "", "  ")
-	return writeFileAtomic(filepath.Join(out, runFile), append(b, '\n'))
+	return atomicfile.Write(filepath.Join(out, runFile), append(b, '\n'))
 }
 
 // checkOutputDir refuses to start a new run over a finished one unless overwrite is set, and
@@ -305,33 +306,4 @@ func fingerprint(dir string) (string, error) {
 		h.Write(b[:min(len(b), 4096)])
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// writeFileAtomic writes data to a temporary file beside path, syncs it and renames it.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	name := tmp.Name()
-	defer os.Remove(name)
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("%s: %w (is the disk full?)", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(name, path)
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
 }

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/loractl/loractl/internal/atomicfile"
 	"github.com/loractl/loractl/internal/backend/cpu"
 	"github.com/loractl/loractl/internal/chat"
 	"github.com/loractl/loractl/internal/config"
@@ -257,7 +258,7 @@ func (j *job) loop(ctx context.Context) (*Result, error) {
 	}
 	defer mw.Close()
 	if y, err := c.YAML(); err == nil {
-		if err := writeFileAtomic(filepath.Join(out, "config.yaml"), y); err != nil {
+		if err := atomicfile.Write(filepath.Join(out, "config.yaml"), y); err != nil {
 			return nil, err
 		}
 	}
