@@ -27,6 +27,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 
 	"github.com/loractl/loractl/internal/backend"
@@ -120,8 +121,9 @@ type Engine struct {
 	params              []param
 	owned               []backend.Buffer // buffers the engine allocated (freed by Close)
 
-	calls uint64 // ForwardBackward calls so far: the dropout stream counter
-	act   *acts  // activation and scratch buffers for the current (B, T), nil before the first call
+	calls uint64   // ForwardBackward calls so far: the dropout stream counter
+	pcg   rand.PCG // dropout generator, reseeded per (call, layer, module) by fillMask
+	act   *acts    // activation and scratch buffers for the current (B, T), nil before the first call
 }
 
 // New prepares model m for training with adapter a (method "lora") or with every tensor

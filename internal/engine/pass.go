@@ -2,7 +2,6 @@ package engine
 
 import (
 	"fmt"
-	"math/rand/v2"
 
 	"github.com/loractl/loractl/internal/backend"
 )
@@ -343,9 +342,10 @@ func (e *Engine) fillMask(m []float32, layer, module int) {
 	p := e.opt.Dropout
 	scale := float32(1 / (1 - p))
 	stream := splitmix64(e.calls<<24 ^ uint64(layer)<<4 ^ uint64(module))
-	rng := rand.New(rand.NewPCG(e.opt.Seed, stream))
+	e.pcg.Seed(e.opt.Seed, stream)
 	for i := range m {
-		if rng.Float64() < p {
+		// rand.Rand.Float64 of the PCG, without allocating a Rand per call.
+		if float64(e.pcg.Uint64()<<11>>11)/(1<<53) < p {
 			m[i] = 0
 		} else {
 			m[i] = scale

@@ -1,12 +1,12 @@
 // Package cpu is the reference backend: plain Go loops over float32 slices, written to be read.
 // Every other backend is checked against it op by op. Matrix multiplication (sgemm.go) is
-// cache-blocked and split across goroutines; everything else is a straightforward loop.
+// cache-blocked; it and the larger loops are split across the persistent worker pool of
+// pool.go, so that each output is summed by one goroutine in a fixed order.
 package cpu
 
 import (
 	"fmt"
 	"runtime"
-	"sync"
 
 	"github.com/loractl/loractl/internal/backend"
 )
@@ -26,8 +26,7 @@ func (b *Buffer) Data() []float32 { return b.data }
 // A Backend is safe for concurrent use by multiple goroutines, as long as they do not write
 // to the same buffers.
 type Backend struct {
-	threads int       // worker goroutines per op; 0 means runtime.GOMAXPROCS(0)
-	scratch sync.Pool // *[]float32 score rows for AttentionForward
+	threads int // worker goroutines per op; 0 means runtime.GOMAXPROCS(0)
 }
 
 // New returns a CPU backend that uses GOMAXPROCS worker goroutines for large ops.
@@ -136,42 +135,4 @@ func (be *Backend) workers(work int) int {
 		n = 1
 	}
 	return n
-}
-
-// parallelFor splits [0, n) into at most `workers` contiguous chunks, each a multiple of align
-// long (except the last), and calls fn(lo, hi) for each chunk, on the calling goroutine for
-// the first chunk and on new goroutines for the rest. It returns when all chunks are done.
-func parallelFor(n, align, workers int, fn func(lo, hi int)) {
-	if n <= 0 {
-		return
-	}
-	if align < 1 {
-		align = 1
-	}
-	units := (n + align - 1) / align // number of align-sized pieces
-	if workers > units {
-		workers = units
-	}
-	if workers <= 1 {
-		fn(0, n)
-		return
-	}
-	var wg sync.WaitGroup
-	for w := workers - 1; w >= 0; w-- {
-		lo := units * w / workers * align
-		hi := units * (w + 1) / workers * align
-		if hi > n {
-			hi = n
-		}
-		if w == 0 {
-			fn(lo, hi)
-			break
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fn(lo, hi)
-		}()
-	}
-	wg.Wait()
 }

@@ -32,15 +32,31 @@ func (be *Backend) RMSNormForward(out, x, w backend.Buffer, N, C int, eps float3
 	need("RMSNormForward", "out", o, N*C)
 	need("RMSNormForward", "x", xs, N*C)
 	need("RMSNormForward", "w", ws, C)
-	ws = ws[:C]
-	for n := 0; n < N; n++ {
-		xr := xs[n*C : (n+1)*C] // (C,)
-		or := o[n*C : (n+1)*C]  // (C,)
+	a := rmsFwdArgs.get()
+	*a = rmsFwd{o: o, x: xs, w: ws[:C], C: C, eps: eps}
+	forRange(N, 1, be.workers(3*N*C), a)
+	rmsFwdArgs.put(a)
+}
+
+// rmsFwd is RMSNormForward's loop body over rows.
+type rmsFwd struct {
+	o, x, w []float32 // (N, C), (N, C), (C)
+	C       int
+	eps     float32
+}
+
+var rmsFwdArgs argPool[rmsFwd]
+
+func (a *rmsFwd) run(lo, hi int) {
+	C, ws := a.C, a.w
+	for n := lo; n < hi; n++ {
+		xr := a.x[n*C : (n+1)*C] // (C,)
+		or := a.o[n*C : (n+1)*C] // (C,)
 		var ss float64
 		for _, v := range xr {
 			ss += float64(v) * float64(v)
 		}
-		scale := float32(1 / math.Sqrt(ss/float64(C)+float64(eps)))
+		scale := float32(1 / math.Sqrt(ss/float64(C)+float64(a.eps)))
 		for i, v := range xr {
 			or[i] = ws[i] * (v * scale)
 		}
@@ -106,8 +122,8 @@ func (be *Backend) attentionHeads(o, qs, ks, vs []float32, B, T, S, pos0, NH, NK
 	L := pos0 + T      // keys visible to the last query
 	groups := NH / NKV // query heads per KV head
 	scale := float32(1 / math.Sqrt(float64(D)))
-	sp := be.scores(L)
-	att := (*sp)[:L] // (L,) scores, then probabilities
+	sp := getF32(L)
+	att := *sp // (L,) scores, then probabilities
 	for bh := lo; bh < hi; bh++ {
 		b, h := bh/NH, bh%NH
 		kh := h / groups
@@ -141,16 +157,7 @@ func (be *Backend) attentionHeads(o, qs, ks, vs []float32, B, T, S, pos0, NH, NK
 			}
 		}
 	}
-	be.scratch.Put(sp)
-}
-
-// scores returns a pooled scratch slice with room for at least n floats.
-func (be *Backend) scores(n int) *[]float32 {
-	if sp, ok := be.scratch.Get().(*[]float32); ok && cap(*sp) >= n {
-		return sp
-	}
-	s := make([]float32, n, max(n, 256))
-	return &s
+	putF32(sp)
 }
 
 // SwiGLUForward computes out = silu(gate) * up with silu(g) = g / (1 + exp(-g)) (in float64,
@@ -160,12 +167,31 @@ func (be *Backend) SwiGLUForward(out, gate, up backend.Buffer, N int) {
 	need("SwiGLUForward", "out", o, N)
 	need("SwiGLUForward", "gate", g, N)
 	need("SwiGLUForward", "up", u, N)
-	o, g, u = o[:N], g[:N], u[:N]
+	a := swigluFwdArgs.get()
+	*a = swigluFwd{o: o[:N], g: g[:N], u: u[:N]}
+	forRange(N, elemAlign, be.workers(expCost*N), a)
+	swigluFwdArgs.put(a)
+}
+
+// swigluFwd is SwiGLUForward's elementwise loop body.
+type swigluFwd struct{ o, g, u []float32 } // (N) each
+
+var swigluFwdArgs argPool[swigluFwd]
+
+func (a *swigluFwd) run(lo, hi int) {
+	o, g, u := a.o[lo:hi], a.g[lo:hi], a.u[lo:hi]
 	for i := range o {
 		gi := float64(g[i])
 		o[i] = float32(gi/(1+math.Exp(-gi))) * u[i]
 	}
 }
+
+// expCost is the work of one float64 exp, in multiply-adds, for choosing the worker count.
+const expCost = 16
+
+// elemAlign is the chunk alignment of elementwise loops (a cache line of float32s), so that two
+// workers never write the same line.
+const elemAlign = 16
 
 // AddForward computes out = a + b. out (N), a (N), b (N); out may alias a or b.
 func (be *Backend) AddForward(out, a, b backend.Buffer, N int) {
@@ -173,7 +199,19 @@ func (be *Backend) AddForward(out, a, b backend.Buffer, N int) {
 	need("AddForward", "out", o, N)
 	need("AddForward", "a", as, N)
 	need("AddForward", "b", bs, N)
-	o, as, bs = o[:N], as[:N], bs[:N]
+	t := addFwdArgs.get()
+	*t = addFwd{o: o[:N], a: as[:N], b: bs[:N]}
+	forRange(N, elemAlign, be.workers(N), t)
+	addFwdArgs.put(t)
+}
+
+// addFwd is AddForward's elementwise loop body.
+type addFwd struct{ o, a, b []float32 } // (N) each
+
+var addFwdArgs argPool[addFwd]
+
+func (a *addFwd) run(lo, hi int) {
+	o, as, bs := a.o[lo:hi], a.a[lo:hi], a.b[lo:hi]
 	for i := range o {
 		o[i] = as[i] + bs[i]
 	}

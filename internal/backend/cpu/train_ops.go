@@ -19,15 +19,40 @@ var _ backend.Trainer = (*Backend)(nil)
 func (be *Backend) Zero(x backend.Buffer, n int) {
 	xs := data(x)
 	need("Zero", "x", xs, n)
-	clear(xs[:n])
+	t := zeroArgs.get()
+	t.x = xs[:n]
+	forRange(n, elemAlign, be.workers(n/8), t)
+	zeroArgs.put(t)
 }
+
+// zeroBody is Zero's loop body.
+type zeroBody struct{ x []float32 }
+
+var zeroArgs argPool[zeroBody]
+
+func (a *zeroBody) run(lo, hi int) { clear(a.x[lo:hi]) }
 
 // Axpy computes y += alpha·x. y (N), x (N).
 func (be *Backend) Axpy(y, x backend.Buffer, alpha float32, N int) {
 	ys, xs := data(y), data(x)
 	need("Axpy", "y", ys, N)
 	need("Axpy", "x", xs, N)
-	ys, xs = ys[:N], xs[:N]
+	t := axpyArgs.get()
+	*t = axpyBody{y: ys[:N], x: xs[:N], alpha: alpha}
+	forRange(N, elemAlign, be.workers(N), t)
+	axpyArgs.put(t)
+}
+
+// axpyBody is Axpy's elementwise loop body.
+type axpyBody struct {
+	y, x  []float32 // (N) each
+	alpha float32
+}
+
+var axpyArgs argPool[axpyBody]
+
+func (a *axpyBody) run(lo, hi int) {
+	ys, xs, alpha := a.y[lo:hi], a.x[lo:hi], a.alpha
 	for i := range ys {
 		ys[i] += alpha * xs[i]
 	}
@@ -65,42 +90,79 @@ func (be *Backend) CrossEntropyForward(losses, logits backend.Buffer, targets []
 	need("CrossEntropyForward", "losses", ls, N)
 	need("CrossEntropyForward", "logits", lg, N*V)
 	checkTargets("CrossEntropyForward", targets, N, V)
-	parallelFor(N, 1, be.workers(N*V*8), func(lo, hi int) {
-		for n := lo; n < hi; n++ {
-			if targets[n] == backend.IgnoreIndex {
-				ls[n] = 0
-				continue
-			}
-			row := lg[n*V : (n+1)*V] // (V,)
-			maxv, logSum := rowLogSumExp(row)
-			ls[n] = float32(logSum + float64(maxv-row[targets[n]]))
-		}
-	})
+	t := ceArgs.get()
+	*t = ceBody{losses: ls, logits: lg, targets: targets, V: V}
+	forRange(N, 1, be.workers(N*V*expCost), t)
+	ceArgs.put(t)
 }
 
 // CrossEntropyBackward writes dlogits[n, :] = scale·(softmax(logits[n, :]) − onehot(targets[n])),
 // 0 for ignored rows. dlogits (N, V), logits (N, V); dlogits may be logits.
+// Each row takes one exponential per logit: exp(logit − max) is kept in float64 scratch and
+// divided by the row's sum.
 func (be *Backend) CrossEntropyBackward(dlogits, logits backend.Buffer, targets []int, N, V int, scale float32) {
 	dl, lg := data(dlogits), data(logits)
 	need("CrossEntropyBackward", "dlogits", dl, N*V)
 	need("CrossEntropyBackward", "logits", lg, N*V)
 	checkTargets("CrossEntropyBackward", targets, N, V)
-	parallelFor(N, 1, be.workers(N*V*8), func(lo, hi int) {
+	t := ceArgs.get()
+	*t = ceBody{dlogits: dl, logits: lg, targets: targets, V: V, scale: scale, backward: true}
+	forRange(N, 1, be.workers(N*V*expCost), t)
+	ceArgs.put(t)
+}
+
+// ceBody is the loop body over rows of CrossEntropyForward (losses) or CrossEntropyBackward
+// (dlogits).
+type ceBody struct {
+	losses, dlogits, logits []float32 // (N), (N, V), (N, V)
+	targets                 []int     // (N)
+	V                       int
+	scale                   float32
+	backward                bool
+}
+
+var ceArgs argPool[ceBody]
+
+func (a *ceBody) run(lo, hi int) {
+	V := a.V
+	if !a.backward {
 		for n := lo; n < hi; n++ {
-			drow := dl[n*V : (n+1)*V] // (V,)
-			if targets[n] == backend.IgnoreIndex {
-				clear(drow)
+			if a.targets[n] == backend.IgnoreIndex {
+				a.losses[n] = 0
 				continue
 			}
-			row := lg[n*V : (n+1)*V] // (V,) read fully before drow is written (they may alias)
+			row := a.logits[n*V : (n+1)*V] // (V,)
 			maxv, logSum := rowLogSumExp(row)
-			for i, v := range row {
-				p := math.Exp(float64(v-maxv) - logSum)
-				drow[i] = scale * float32(p)
-			}
-			drow[targets[n]] -= scale
+			a.losses[n] = float32(logSum + float64(maxv-row[a.targets[n]]))
 		}
-	})
+		return
+	}
+	ep := getF64(V)
+	e := *ep // (V,) exp(logit − max)
+	for n := lo; n < hi; n++ {
+		drow := a.dlogits[n*V : (n+1)*V] // (V,)
+		tg := a.targets[n]
+		if tg == backend.IgnoreIndex {
+			clear(drow)
+			continue
+		}
+		row := a.logits[n*V : (n+1)*V] // (V,) read fully before drow is written (they may alias)
+		maxv := float32(math.Inf(-1))
+		for _, v := range row {
+			maxv = max(maxv, v)
+		}
+		var sum float64
+		for i, v := range row {
+			e[i] = math.Exp(float64(v - maxv))
+			sum += e[i]
+		}
+		inv := 1 / sum
+		for i, ei := range e {
+			drow[i] = a.scale * float32(ei*inv)
+		}
+		drow[tg] -= a.scale
+	}
+	putF64(ep)
 }
 
 // MatMulBackward computes, for y = x·wᵀ + bias,
@@ -188,29 +250,64 @@ func (be *Backend) RMSNormBackward(dx, dw, dy, x, w backend.Buffer, N, C int, ep
 	if dws != nil {
 		need("RMSNormBackward", "dw", dws, C)
 	}
-	ws = ws[:C]
-	for n := 0; n < N; n++ {
-		xr := xs[n*C : (n+1)*C]   // (C,)
-		dyr := dys[n*C : (n+1)*C] // (C,)
+	rp := getF32(N)
+	t := rmsBwdArgs.get()
+	*t = rmsBwd{dx: dxs, dy: dys, x: xs, w: ws[:C], rf: *rp, C: C, eps: eps}
+	// Rows: r_n and dx, split over rows. Then dw, split over columns, each summed over the
+	// rows in order.
+	forRange(N, 1, be.workers(6*N*C), t)
+	if dws != nil {
+		t.dw = dws[:C]
+		t.N = N
+		forRange(C, elemAlign, be.workers(2*N*C), (*rmsBwdCols)(t))
+	}
+	rmsBwdArgs.put(t)
+	putF32(rp)
+}
+
+// rmsBwd is RMSNormBackward's loop body over rows; it leaves float32(r_n) in rf.
+type rmsBwd struct {
+	dx, dw, dy, x, w, rf []float32 // (N, C) or nil, (C) or nil, (N, C), (N, C), (C), (N)
+	N, C                 int
+	eps                  float32
+}
+
+var rmsBwdArgs argPool[rmsBwd]
+
+func (a *rmsBwd) run(lo, hi int) {
+	C, ws := a.C, a.w
+	for n := lo; n < hi; n++ {
+		xr := a.x[n*C : (n+1)*C]   // (C,)
+		dyr := a.dy[n*C : (n+1)*C] // (C,)
 		var ss, dot float64
 		for i, v := range xr {
 			ss += float64(v) * float64(v)
 			dot += float64(ws[i]) * float64(dyr[i]) * float64(v)
 		}
-		r := 1 / math.Sqrt(ss/float64(C)+float64(eps))
-		if dxs != nil {
-			dxr := dxs[n*C : (n+1)*C] // (C,)
+		r := 1 / math.Sqrt(ss/float64(C)+float64(a.eps))
+		rf := float32(r)
+		a.rf[n] = rf
+		if a.dx != nil {
+			dxr := a.dx[n*C : (n+1)*C] // (C,)
 			k := float32(r * r * r * dot / float64(C))
-			rf := float32(r)
 			for i, v := range xr {
 				dxr[i] += rf*ws[i]*dyr[i] - k*v
 			}
 		}
-		if dws != nil {
-			rf := float32(r)
-			for i, v := range xr {
-				dws[i] += dyr[i] * v * rf
-			}
+	}
+}
+
+// rmsBwdCols is RMSNormBackward's loop body over the columns of dw.
+type rmsBwdCols rmsBwd
+
+func (a *rmsBwdCols) run(lo, hi int) {
+	C, dw := a.C, a.dw[lo:hi]
+	for n := 0; n < a.N; n++ {
+		xr := a.x[n*C+lo : n*C+hi]   // (hi−lo,)
+		dyr := a.dy[n*C+lo : n*C+hi] // (hi−lo,)
+		rf := a.rf[n]
+		for i, v := range xr {
+			dw[i] += dyr[i] * v * rf
 		}
 	}
 }
@@ -218,28 +315,47 @@ func (be *Backend) RMSNormBackward(dx, dw, dy, x, w backend.Buffer, N, C int, ep
 // RoPEForwardPos rotates x (N, NH, D) in place; row n is at position pos[n]. invFreq (D/2).
 // The angle is float32(pos)·invFreq[i] as in RoPEForward.
 func (be *Backend) RoPEForwardPos(x, invFreq backend.Buffer, pos []int, N, NH, D int) {
-	ropePos("RoPEForwardPos", data(x), data(invFreq), pos, N, NH, D, 1)
+	be.ropePos("RoPEForwardPos", data(x), data(invFreq), pos, N, NH, D, 1)
 }
 
 // RoPEBackwardPos rotates the gradient dx (N, NH, D) in place by the opposite angles.
 func (be *Backend) RoPEBackwardPos(dx, invFreq backend.Buffer, pos []int, N, NH, D int) {
-	ropePos("RoPEBackwardPos", data(dx), data(invFreq), pos, N, NH, D, -1)
+	be.ropePos("RoPEBackwardPos", data(dx), data(invFreq), pos, N, NH, D, -1)
 }
 
-// ropePos rotates every head of row n of xs (N, NH, D) by sign·pos[n]·invFreq[i].
-func ropePos(op string, xs, inv []float32, pos []int, N, NH, D int, sign float32) {
+// ropePos rotates every head of row n of xs (N, NH, D) by sign·pos[n]·invFreq[i], split over rows.
+func (be *Backend) ropePos(op string, xs, inv []float32, pos []int, N, NH, D int, sign float32) {
 	half := D / 2
 	need(op, "x", xs, N*NH*D)
 	need(op, "invFreq", inv, half)
 	if len(pos) != N {
 		panic(fmt.Sprintf("cpu: %s: %d positions for %d rows", op, len(pos), N))
 	}
-	for n := 0; n < N; n++ {
-		p := float32(pos[n])
-		row := xs[n*NH*D : (n+1)*NH*D] // (NH, D)
-		for i := 0; i < half; i++ {
-			theta := float64(p * inv[i])
-			c, s := float32(math.Cos(theta)), sign*float32(math.Sin(theta))
+	t := ropeArgs.get()
+	*t = ropeBody{x: xs, inv: inv[:half], pos: pos, NH: NH, D: D, sign: sign}
+	forRange(N, 1, be.workers(N*(half*2*expCost+NH*D*3)), t)
+	ropeArgs.put(t)
+}
+
+// ropeBody is ropePos's loop body over rows.
+type ropeBody struct {
+	x, inv []float32 // (N, NH, D), (D/2)
+	pos    []int     // (N)
+	NH, D  int
+	sign   float32
+}
+
+var ropeArgs argPool[ropeBody]
+
+func (a *ropeBody) run(lo, hi int) {
+	NH, D := a.NH, a.D
+	half := D / 2
+	for n := lo; n < hi; n++ {
+		p := float32(a.pos[n])
+		row := a.x[n*NH*D : (n+1)*NH*D] // (NH, D)
+		for i, f := range a.inv {
+			theta := float64(p * f)
+			c, s := float32(math.Cos(theta)), a.sign*float32(math.Sin(theta))
 			for h := 0; h < NH; h++ {
 				x0, x1 := row[h*D+i], row[h*D+i+half]
 				row[h*D+i] = x0*c - x1*s
@@ -277,51 +393,70 @@ func (be *Backend) AttentionTrainForward(out, att, q, k, v backend.Buffer, seg [
 	need("AttentionTrainForward", "k", ks, B*T*NKV*D)
 	need("AttentionTrainForward", "v", vs, B*T*NKV*D)
 	attnCheck("AttentionTrainForward", seg, B, T, NH, NKV)
+	t := attnFwdArgs.get()
+	*t = attnFwd{o: o, att: as, q: qs, k: ks, v: vs, seg: seg, T: T, NH: NH, NKV: NKV, D: D}
+	// Causal: query t reads keys 0..t only, half of the T×T scores.
+	forRange(B*NH, 1, be.workers(B*NH*T*(T+1)/2*(2*D+expCost)), t)
+	attnFwdArgs.put(t)
+}
+
+// attnFwd is AttentionTrainForward's loop body over (batch, head) pairs bh = b·NH + h.
+type attnFwd struct {
+	o, att, q, k, v []float32 // (B, T, NH·D), (B, NH, T, T), (B, T, NH·D), (B, T, NKV·D) ×2
+	seg             []int     // (B·T) or nil
+	T, NH, NKV, D   int
+}
+
+var attnFwdArgs argPool[attnFwd]
+
+func (a *attnFwd) run(lo, hi int) {
+	T, NH, NKV, D, seg := a.T, a.NH, a.NKV, a.D, a.seg
 	groups := NH / NKV
 	scale := float32(1 / math.Sqrt(float64(D)))
-	parallelFor(B*NH, 1, be.workers(B*NH*T*T*D), func(lo, hi int) {
-		for bh := lo; bh < hi; bh++ {
-			b, h := bh/NH, bh%NH
-			kh := h / groups
-			for t := 0; t < T; t++ {
-				qv := qs[(b*T+t)*NH*D+h*D : (b*T+t)*NH*D+(h+1)*D] // (D,)
-				ov := o[(b*T+t)*NH*D+h*D : (b*T+t)*NH*D+(h+1)*D]  // (D,)
-				ar := as[(bh*T+t)*T : (bh*T+t+1)*T]               // (T,) scores, then probabilities
-				maxv := float32(math.Inf(-1))
-				for s := 0; s < T; s++ {
-					if !visible(seg, b, T, t, s) {
-						continue
-					}
-					kv := ks[(b*T+s)*NKV*D+kh*D : (b*T+s)*NKV*D+(kh+1)*D] // (D,)
-					ar[s] = dot1(qv, kv) * scale
-					maxv = max(maxv, ar[s])
+	for bh := lo; bh < hi; bh++ {
+		b, h := bh/NH, bh%NH
+		kh := h / groups
+		for t := 0; t < T; t++ {
+			qo := (b*T+t)*NH*D + h*D
+			qv := a.q[qo : qo+D]                   // (D,)
+			ov := a.o[qo : qo+D]                   // (D,)
+			ar := a.att[(bh*T+t)*T : (bh*T+t+1)*T] // (T,) scores, then probabilities
+			clear(ar[t+1:])                        // the masked upper half
+			maxv := float32(math.Inf(-1))
+			for s := 0; s <= t; s++ {
+				if seg != nil && seg[b*T+s] != seg[b*T+t] {
+					continue
 				}
-				var sum float64
-				for s := 0; s < T; s++ {
-					if !visible(seg, b, T, t, s) {
-						ar[s] = 0
-						continue
-					}
-					e := math.Exp(float64(ar[s] - maxv))
-					ar[s] = float32(e)
-					sum += e
+				ko := (b*T+s)*NKV*D + kh*D
+				ar[s] = dot1(qv, a.k[ko:ko+D]) * scale
+				maxv = max(maxv, ar[s])
+			}
+			var sum float64
+			for s := 0; s <= t; s++ {
+				if seg != nil && seg[b*T+s] != seg[b*T+t] {
+					ar[s] = 0
+					continue
 				}
-				inv := float32(1 / sum)
-				clear(ov)
-				for s := 0; s <= t; s++ {
-					if ar[s] == 0 {
-						continue // masked (or underflowed: contributes nothing)
-					}
-					ar[s] *= inv
-					p := ar[s]
-					vv := vs[(b*T+s)*NKV*D+kh*D : (b*T+s)*NKV*D+(kh+1)*D] // (D,)
-					for d, x := range vv {
-						ov[d] += p * x
-					}
+				e := math.Exp(float64(ar[s] - maxv))
+				ar[s] = float32(e)
+				sum += e
+			}
+			inv := float32(1 / sum)
+			clear(ov)
+			for s := 0; s <= t; s++ {
+				if ar[s] == 0 {
+					continue // masked (or underflowed: contributes nothing)
+				}
+				ar[s] *= inv
+				p := ar[s]
+				vo := (b*T+s)*NKV*D + kh*D
+				vv := a.v[vo : vo+D : vo+D] // (D,)
+				for d, x := range vv {
+					ov[d] += p * x
 				}
 			}
 		}
-	})
+	}
 }
 
 // AttentionBackward computes the gradients of AttentionTrainForward from its saved att:
@@ -349,60 +484,78 @@ func (be *Backend) AttentionBackward(dq, dk, dv, dout, att, q, k, v backend.Buff
 		need("AttentionBackward", "dv", dvs, B*T*NKV*D)
 	}
 	attnCheck("AttentionBackward", seg, B, T, NH, NKV)
+	t := attnBwdArgs.get()
+	*t = attnBwd{dq: dqs, dk: dks, dv: dvs, dout: dos, att: as, q: qs, k: ks, v: vs, seg: seg, T: T, NH: NH, NKV: NKV, D: D}
+	// Causal: only the pairs s ≤ t, half of the T×T.
+	forRange(B*NKV, 1, be.workers(B*NH*T*(T+1)/2*4*D), t)
+	attnBwdArgs.put(t)
+}
+
+// attnBwd is AttentionBackward's loop body over (batch, KV head) pairs bk = b·NKV + kh.
+type attnBwd struct {
+	dq, dk, dv, dout, att, q, k, v []float32 // shapes as in AttentionBackward
+	seg                            []int     // (B·T) or nil
+	T, NH, NKV, D                  int
+}
+
+var attnBwdArgs argPool[attnBwd]
+
+func (a *attnBwd) run(lo, hi int) {
+	T, NH, NKV, D, seg := a.T, a.NH, a.NKV, a.D, a.seg
+	dqs, dks, dvs := a.dq, a.dk, a.dv
 	groups := NH / NKV
 	scale := float32(1 / math.Sqrt(float64(D)))
-	parallelFor(B*NKV, 1, be.workers(2*B*NH*T*T*D), func(lo, hi int) {
-		ds := make([]float32, T) // (T,) score gradients of one query row
-		for bk := lo; bk < hi; bk++ {
-			b, kh := bk/NKV, bk%NKV
-			for h := kh * groups; h < (kh+1)*groups; h++ {
-				for t := 0; t < T; t++ {
-					qo := (b*T+t)*NH*D + h*D
-					qv := qs[qo : qo+D]                             // (D,)
-					gv := dos[qo : qo+D]                            // (D,) dout
-					ar := as[((b*NH+h)*T+t)*T : ((b*NH+h)*T+t+1)*T] // (T,)
-					// dp_s = dout·v_s; ds_s = p_s·(dp_s − Σ p·dp)
-					var pdp float32
-					for s := 0; s <= t; s++ {
-						ds[s] = 0
-						if !visible(seg, b, T, t, s) {
-							continue
-						}
-						vv := vs[(b*T+s)*NKV*D+kh*D : (b*T+s)*NKV*D+(kh+1)*D] // (D,)
-						ds[s] = dot1(gv, vv)
-						pdp += ar[s] * ds[s]
+	dsp := getF32(T)
+	ds := *dsp // (T,) score gradients of one query row
+	for bk := lo; bk < hi; bk++ {
+		b, kh := bk/NKV, bk%NKV
+		for h := kh * groups; h < (kh+1)*groups; h++ {
+			for t := 0; t < T; t++ {
+				qo := (b*T+t)*NH*D + h*D
+				qv := a.q[qo : qo+D]                                 // (D,)
+				gv := a.dout[qo : qo+D]                              // (D,) dout
+				ar := a.att[((b*NH+h)*T+t)*T : ((b*NH+h)*T+t)*T+t+1] // (t+1,) visible part
+				// dp_s = dout·v_s; ds_s = p_s·(dp_s − Σ p·dp)
+				var pdp float32
+				for s := range ar {
+					ds[s] = 0
+					if seg != nil && seg[b*T+s] != seg[b*T+t] {
+						continue
 					}
-					for s := 0; s <= t; s++ {
-						if !visible(seg, b, T, t, s) {
-							continue
+					vo := (b*T+s)*NKV*D + kh*D
+					ds[s] = dot1(gv, a.v[vo:vo+D])
+					pdp += ar[s] * ds[s]
+				}
+				for s, p := range ar {
+					if seg != nil && seg[b*T+s] != seg[b*T+t] {
+						continue
+					}
+					ko := (b*T+s)*NKV*D + kh*D
+					g := p * (ds[s] - pdp) * scale // ∂L/∂(q·k) including the 1/sqrt(D)
+					if dqs != nil {
+						kv := a.k[ko : ko+D]  // (D,)
+						dqv := dqs[qo : qo+D] // (D,)
+						for d, x := range kv {
+							dqv[d] += g * x
 						}
-						ko := (b*T+s)*NKV*D + kh*D
-						p := ar[s]
-						g := p * (ds[s] - pdp) * scale // ∂L/∂(q·k) including the 1/sqrt(D)
-						if dqs != nil {
-							kv := ks[ko : ko+D]   // (D,)
-							dqv := dqs[qo : qo+D] // (D,)
-							for d, x := range kv {
-								dqv[d] += g * x
-							}
+					}
+					if dks != nil {
+						dkv := dks[ko : ko+D] // (D,)
+						for d, x := range qv {
+							dkv[d] += g * x
 						}
-						if dks != nil {
-							dkv := dks[ko : ko+D] // (D,)
-							for d, x := range qv {
-								dkv[d] += g * x
-							}
-						}
-						if dvs != nil {
-							dvv := dvs[ko : ko+D] // (D,)
-							for d, x := range gv {
-								dvv[d] += p * x
-							}
+					}
+					if dvs != nil {
+						dvv := dvs[ko : ko+D] // (D,)
+						for d, x := range gv {
+							dvv[d] += p * x
 						}
 					}
 				}
 			}
 		}
-	})
+	}
+	putF32(dsp)
 }
 
 // SwiGLUBackward computes dgate += dout·up·silu'(gate) and dup += dout·silu(gate), with the
@@ -418,7 +571,27 @@ func (be *Backend) SwiGLUBackward(dgate, dup, dout, gate, up backend.Buffer, N i
 	if du != nil {
 		need("SwiGLUBackward", "dup", du, N)
 	}
-	for i := 0; i < N; i++ {
+	t := swigluBwdArgs.get()
+	*t = swigluBwd{dg: dg, du: du, do: do, g: g, u: u}
+	forRange(N, elemAlign, be.workers(N*expCost), t)
+	swigluBwdArgs.put(t)
+}
+
+// swigluBwd is SwiGLUBackward's elementwise loop body.
+type swigluBwd struct{ dg, du, do, g, u []float32 } // (N) each, dg and du may be nil
+
+var swigluBwdArgs argPool[swigluBwd]
+
+func (a *swigluBwd) run(lo, hi int) {
+	do, g, u := a.do[lo:hi], a.g[lo:hi], a.u[lo:hi]
+	var dg, du []float32
+	if a.dg != nil {
+		dg = a.dg[lo:hi]
+	}
+	if a.du != nil {
+		du = a.du[lo:hi]
+	}
+	for i := range do {
 		gi := float64(g[i])
 		sig := 1 / (1 + math.Exp(-gi))
 		if dg != nil {
@@ -431,7 +604,8 @@ func (be *Backend) SwiGLUBackward(dgate, dup, dout, gate, up backend.Buffer, N i
 }
 
 // EmbeddingBackward computes dtable[tokens[n], :] += dout[n, :] in token order.
-// dtable (V, C), dout (N, C), N = len(tokens).
+// dtable (V, C), dout (N, C), N = len(tokens). The work is split over the columns of the table:
+// each worker adds every token's slice of its columns, in token order.
 func (be *Backend) EmbeddingBackward(dtable, dout backend.Buffer, tokens []int, C int) {
 	dt, do := data(dtable), data(dout)
 	N := len(tokens)
@@ -440,12 +614,31 @@ func (be *Backend) EmbeddingBackward(dtable, dout backend.Buffer, tokens []int, 
 	if C > 0 {
 		V = len(dt) / C
 	}
-	for n, id := range tokens {
+	for _, id := range tokens {
 		if id < 0 || id >= V {
 			panic("cpu: EmbeddingBackward: token id out of range (the caller must validate tokens)")
 		}
-		dr := dt[id*C : (id+1)*C] // (C,)
-		for c, g := range do[n*C : (n+1)*C] {
+	}
+	t := embBwdArgs.get()
+	*t = embBwd{dt: dt, do: do, tokens: tokens, C: C}
+	forRange(C, elemAlign, be.workers(N*C), t)
+	embBwdArgs.put(t)
+}
+
+// embBwd is EmbeddingBackward's loop body over columns.
+type embBwd struct {
+	dt, do []float32 // (V, C), (N, C)
+	tokens []int     // (N)
+	C      int
+}
+
+var embBwdArgs argPool[embBwd]
+
+func (a *embBwd) run(lo, hi int) {
+	C := a.C
+	for n, id := range a.tokens {
+		dr := a.dt[id*C+lo : id*C+hi] // (hi−lo,)
+		for c, g := range a.do[n*C+lo : n*C+hi] {
 			dr[c] += g
 		}
 	}
