@@ -96,6 +96,7 @@ type pool struct {
 	mu      sync.Mutex    // held by the call that owns the helpers, for the whole call
 	helpers []*helper     // started lazily, never stopped
 	pending atomic.Int32  // chunks handed out and not yet finished
+	exited  atomic.Int32  // helpers of the current call that are completely done with it
 	parked  atomic.Bool   // the caller is parked on done
 	done    chan struct{} // (cap 1) wakes a parked caller
 }
@@ -123,7 +124,8 @@ func (p *pool) run(n, align, units, workers int, body ranger) {
 		go h.loop(p)
 	}
 	p.pending.Store(int32(workers - 1))
-	defer p.wait()
+	p.exited.Store(0)
+	defer p.wait(int32(workers - 1))
 	for w := 1; w < workers; w++ {
 		h := p.helpers[w-1]
 		h.body = body
@@ -138,7 +140,16 @@ func (p *pool) run(n, align, units, workers int, body ranger) {
 }
 
 // wait returns when every handed-out chunk is finished: it spins for spinFor, then parks.
-func (p *pool) wait() {
+// Before it returns it also waits until each of the call's n helpers has left finish, so that
+// no helper of this call can touch parked or done once the next call has started (a late
+// CompareAndSwap on the next call's parked flag would send it a stale wake-up, and it would
+// return before its helpers had run).
+func (p *pool) wait(n int32) {
+	defer func() {
+		for p.exited.Load() != n {
+			runtime.Gosched() // the last helper is a few instructions from the end of finish
+		}
+	}()
 	if spinUntil(func() bool { return p.pending.Load() == 0 }) {
 		return
 	}
@@ -154,6 +165,7 @@ func (p *pool) finish() {
 	if p.pending.Add(-1) == 0 && p.parked.CompareAndSwap(true, false) {
 		p.done <- struct{}{}
 	}
+	p.exited.Add(1) // last touch of the pool's state for this call
 }
 
 // loop runs the chunks handed to h, forever.
