@@ -1,0 +1,345 @@
+// Package gemm is the single-precision matrix multiply of the CPU backend: a packed,
+// cache-blocked driver (BLIS style: NC, KC, MC blocks around an MR×NR register tile) with
+// micro-kernels in Go assembly for amd64 (AVX-512 12×32, AVX2+FMA 6×16) and a pure-Go
+// micro-kernel everywhere else. The kernel set is chosen once, at start-up, from the CPU's
+// features (LORACTL_GEMM=go|avx2|avx512 overrides the choice).
+//
+// Summation order (the determinism contract): C[i, j] is accumulated over k in blocks of KC in
+// order; within a block one register accumulator runs over k in order with fused multiply-adds
+// starting from 0, and the block's sum is then added to C in memory (the first block of an
+// overwriting product stores it). Edge tiles are computed by the same kernel on zero-padded
+// panels. So an element's value depends only on its own row of A, column of B, K and the kernel
+// set: not on M, N, the tile it falls in, or how the work is split between threads. A token
+// computed alone gives the same bits as inside a long sequence.
+package gemm
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"unsafe"
+)
+
+// Mat is a strided matrix view: element (r, c) is D[r*RS + c*CS].
+type Mat struct {
+	D      []float32
+	RS, CS int
+}
+
+// RowMajor returns the view of a row-major matrix with `cols` columns.
+func RowMajor(d []float32, cols int) Mat { return Mat{D: d, RS: cols, CS: 1} }
+
+// Transposed returns the view of the transpose of a row-major matrix with `cols` columns:
+// element (r, c) of the view is d[c*cols + r].
+func Transposed(d []float32, cols int) Mat { return Mat{D: d, RS: 1, CS: cols} }
+
+// kernelFunc computes the MR×NR tile c (row stride ldc elements) from the packed sliver a
+// (kc×MR, a[k*MR+i]) and the packed panel b (kc×NR, b[k*NR+j]), kc ≥ 1:
+// c = Σ_k a·b if acc == 0, else c += Σ_k a·b, the sum formed in registers first.
+type kernelFunc func(kc int, a, b, c *float32, ldc int, acc int)
+
+// kernels is one kernel set with its blocking.
+type kernels struct {
+	name           string
+	mr, nr         int
+	kc, mc, nc     int // mc a multiple of mr, nc of nr
+	kern           kernelFunc
+	ws             sync.Pool // *workspace
+	wsA, wsB, wsTm int
+}
+
+// workspace holds one worker's packing buffers.
+type workspace struct {
+	a, b, tmp []float32 // (mc, kc) packed slivers, (kc, nc) packed panels, (mr, nr) edge tile
+}
+
+func newKernels(name string, mr, nr, kc, mc, nc int, kern kernelFunc) *kernels {
+	return &kernels{name: name, mr: mr, nr: nr, kc: kc, mc: mc, nc: nc, kern: kern,
+		wsA: mc * kc, wsB: kc * nc, wsTm: mr * nr}
+}
+
+func (ks *kernels) getWS() *workspace {
+	if w, ok := ks.ws.Get().(*workspace); ok {
+		return w
+	}
+	// 64-byte aligned buffers.
+	return &workspace{a: aligned(ks.wsA), b: aligned(ks.wsB), tmp: aligned(ks.wsTm)}
+}
+
+func aligned(n int) []float32 {
+	s := make([]float32, n+16)
+	off := 0
+	if r := uintptr(unsafe.Pointer(&s[0])) % 64; r != 0 {
+		off = int(64-r) / 4
+	}
+	return s[off : off+n : off+n]
+}
+
+var (
+	all  []*kernels // every set usable on this CPU, best first; the Go set is last
+	cur  *kernels
+	mu   sync.Mutex
+	goKS = newKernels("go", 4, 8, 256, 64, 1024, kernGo)
+)
+
+func init() {
+	all = append(archKernels(), goKS)
+	cur = all[0]
+	if v := os.Getenv("LORACTL_GEMM"); v != "" {
+		if _, err := SetImpl(v); err != nil {
+			fmt.Fprintf(os.Stderr, "loractl: LORACTL_GEMM=%s ignored: %v\n", v, err)
+		}
+	}
+}
+
+// Impl returns the name of the kernel set in use ("avx512", "avx2" or "go").
+func Impl() string { return cur.name }
+
+// Impls returns the kernel sets usable on this CPU, best first.
+func Impls() []string {
+	var s []string
+	for _, k := range all {
+		s = append(s, k.name)
+	}
+	return s
+}
+
+// SetImpl selects a kernel set by name and returns the previous one. It is meant for tests and
+// benchmarks and must not run concurrently with a product.
+func SetImpl(name string) (prev string, err error) {
+	mu.Lock()
+	defer mu.Unlock()
+	prev = cur.name
+	for _, k := range append(all, optIn()...) {
+		if k.name == name {
+			cur = k
+			return prev, nil
+		}
+	}
+	return prev, fmt.Errorf("gemm: kernel set %q not available on this CPU (have %v)", name, Impls())
+}
+
+// Tile returns the register tile of the kernel set in use (rows, columns of C).
+func Tile() (mr, nr int) { return cur.mr, cur.nr }
+
+// Runner runs fn over [0, n) split into at most `workers` contiguous chunks whose bounds are
+// multiples of align (but the last), and returns when all are done. The CPU backend passes its
+// worker pool's parallelFor.
+type Runner func(n, align, workers int, fn func(lo, hi int))
+
+// Mul computes C (op)= A·B over rows [0, m) and columns [0, n) of C: C (m, n) with row stride
+// ldc, A (m, k) and B (k, n) as views. With acc the product is added to C, else it overwrites
+// C. The work is split once, over tiles of the larger of m and n, into at most `workers`
+// chunks; run may be nil when workers ≤ 1.
+func Mul(run Runner, workers int, c []float32, ldc int, a, b Mat, m, n, k int, acc bool) {
+	if m <= 0 || n <= 0 {
+		return
+	}
+	if (m-1)*ldc+n > len(c) {
+		panic(fmt.Sprintf("gemm: C holds %d elements, need %d (m=%d n=%d ldc=%d)", len(c), (m-1)*ldc+n, m, n, ldc))
+	}
+	checkView("A", a, m, k)
+	checkView("B", b, k, n)
+	ks := cur
+	if k == 0 {
+		if !acc {
+			for i := 0; i < m; i++ {
+				clear(c[i*ldc : i*ldc+n])
+			}
+		}
+		return
+	}
+	if workers <= 1 || run == nil {
+		ks.block(c, ldc, a, b, k, 0, m, 0, n, acc)
+		return
+	}
+	if n >= m {
+		run(n, ks.nr, workers, func(j0, j1 int) { ks.block(c, ldc, a, b, k, 0, m, j0, j1, acc) })
+	} else {
+		run(m, ks.mr, workers, func(i0, i1 int) { ks.block(c, ldc, a, b, k, i0, i1, 0, n, acc) })
+	}
+}
+
+// checkView panics unless every element (r, c), r < rows, c < cols, of v lies in v.D.
+func checkView(name string, v Mat, rows, cols int) {
+	if rows == 0 || cols == 0 {
+		return
+	}
+	if v.RS < 0 || v.CS < 0 || (rows-1)*v.RS+(cols-1)*v.CS >= len(v.D) {
+		panic(fmt.Sprintf("gemm: %s view (%d×%d, strides %d, %d) exceeds its %d elements", name, rows, cols, v.RS, v.CS, len(v.D)))
+	}
+}
+
+// block computes C[i0:i1, j0:j1] on the calling goroutine.
+func (ks *kernels) block(c []float32, ldc int, a, b Mat, K, i0, i1, j0, j1 int, acc bool) {
+	w := ks.getWS()
+	mr, nr := ks.mr, ks.nr
+	for jc := j0; jc < j1; jc += ks.nc {
+		nc := min(ks.nc, j1-jc)
+		for pc := 0; pc < K; pc += ks.kc {
+			kc := min(ks.kc, K-pc)
+			mode := 1
+			if pc == 0 && !acc {
+				mode = 0
+			}
+			packB(w.b, b, pc, kc, jc, nc, nr)
+			for ic := i0; ic < i1; ic += ks.mc {
+				mc := min(ks.mc, i1-ic)
+				packA(w.a, a, ic, mc, pc, kc, mr)
+				for jr := 0; jr < nc; jr += nr {
+					bp := &w.b[jr*kc]
+					nv := min(nr, nc-jr)
+					for ir := 0; ir < mc; ir += mr {
+						ap := &w.a[ir*kc]
+						mv := min(mr, mc-ir)
+						ci := (ic+ir)*ldc + jc + jr
+						if mv == mr && nv == nr {
+							ks.kern(kc, ap, bp, &c[ci], ldc, mode)
+							continue
+						}
+						// Edge tile: the same kernel into a scratch tile, then the valid part.
+						ks.kern(kc, ap, bp, &w.tmp[0], nr, 0)
+						for i := 0; i < mv; i++ {
+							dst := c[ci+i*ldc : ci+i*ldc+nv]
+							src := w.tmp[i*nr : i*nr+nv]
+							if mode == 0 {
+								copy(dst, src)
+							} else {
+								for j := range dst {
+									dst[j] += src[j]
+								}
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	ks.ws.Put(w)
+}
+
+// packA packs rows [i0, i0+mc) × columns [p0, p0+kc) of A into slivers of mr rows:
+// sliver s at dst[s*mr*kc:], element (i, k) at [k*mr + i]; rows past the end are zero.
+func packA(dst []float32, a Mat, i0, mc, p0, kc, mr int) {
+	for s := 0; s*mr < mc; s++ {
+		d := dst[s*mr*kc : (s+1)*mr*kc]
+		rows := min(mr, mc-s*mr)
+		r0 := i0 + s*mr
+		if a.CS == 1 {
+			// Rows of A are contiguous: read `rows` streams, write d in order.
+			var src [maxTile][]float32
+			for i := 0; i < rows; i++ {
+				src[i] = a.D[(r0+i)*a.RS+p0 : (r0+i)*a.RS+p0+kc]
+			}
+			transposeInto(d, src[:rows], kc, mr)
+		} else {
+			for k := 0; k < kc; k++ {
+				base := r0*a.RS + (p0+k)*a.CS
+				dk := d[k*mr : k*mr+rows]
+				if a.RS == 1 {
+					copy(dk, a.D[base:base+rows])
+				} else {
+					for i := range dk {
+						dk[i] = a.D[base+i*a.RS]
+					}
+				}
+			}
+		}
+		if rows < mr {
+			for k := 0; k < kc; k++ {
+				clear(d[k*mr+rows : (k+1)*mr])
+			}
+		}
+	}
+}
+
+// packB packs rows [p0, p0+kc) × columns [j0, j0+nc) of B into panels of nr columns:
+// panel p at dst[p*nr*kc:], element (k, j) at [k*nr + j]; columns past the end are zero.
+func packB(dst []float32, b Mat, p0, kc, j0, nc, nr int) {
+	for p := 0; p*nr < nc; p++ {
+		d := dst[p*nr*kc : (p+1)*nr*kc]
+		cols := min(nr, nc-p*nr)
+		c0 := j0 + p*nr
+		if b.RS == 1 {
+			// Columns of B are contiguous (B is a transposed row-major matrix).
+			var src [maxTile][]float32
+			for j := 0; j < cols; j++ {
+				src[j] = b.D[(c0+j)*b.CS+p0 : (c0+j)*b.CS+p0+kc]
+			}
+			transposeInto(d, src[:cols], kc, nr)
+		} else {
+			for k := 0; k < kc; k++ {
+				base := (p0+k)*b.RS + c0*b.CS
+				dk := d[k*nr : k*nr+cols]
+				if b.CS == 1 {
+					copy(dk, b.D[base:base+cols])
+				} else {
+					for j := range dk {
+						dk[j] = b.D[base+j*b.CS]
+					}
+				}
+			}
+		}
+		if cols < nr {
+			for k := 0; k < kc; k++ {
+				clear(d[k*nr+cols : (k+1)*nr])
+			}
+		}
+	}
+}
+
+// maxTile bounds mr and nr of every kernel set.
+const maxTile = 32
+
+// transposeInto sets d[k*w + i] = src[i][k] for k < kc, i < len(src), four k at a time so
+// that every source stream is read in order and d is written in order.
+func transposeInto(d []float32, src [][]float32, kc, w int) {
+	n := len(src)
+	k := 0
+	for ; k+4 <= kc; k += 4 {
+		d0 := d[k*w : k*w+n]
+		d1 := d[(k+1)*w : (k+1)*w+n]
+		d2 := d[(k+2)*w : (k+2)*w+n]
+		d3 := d[(k+3)*w : (k+3)*w+n]
+		for i, s := range src {
+			s4 := s[k : k+4]
+			d0[i], d1[i], d2[i], d3[i] = s4[0], s4[1], s4[2], s4[3]
+		}
+	}
+	for ; k < kc; k++ {
+		dk := d[k*w : k*w+n]
+		for i, s := range src {
+			dk[i] = s[k]
+		}
+	}
+}
+
+// kernGo is the portable 4×8 micro-kernel.
+func kernGo(kc int, ap, bp, cp *float32, ldc int, acc int) {
+	const mr, nr = 4, 8
+	a := unsafe.Slice(ap, kc*mr)
+	b := unsafe.Slice(bp, kc*nr)
+	var s [mr][nr]float32
+	for k := 0; k < kc; k++ {
+		bk := (*[nr]float32)(b[k*nr : k*nr+nr])
+		ak := (*[mr]float32)(a[k*mr : k*mr+mr])
+		for i := range mr {
+			ai := ak[i]
+			si := &s[i]
+			for j := range nr {
+				si[j] += ai * bk[j]
+			}
+		}
+	}
+	c := unsafe.Slice(cp, (mr-1)*ldc+nr)
+	for i := range mr {
+		row := c[i*ldc : i*ldc+nr]
+		if acc == 0 {
+			copy(row, s[i][:])
+		} else {
+			for j := range row {
+				row[j] += s[i][j]
+			}
+		}
+	}
+}
