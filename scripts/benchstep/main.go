@@ -54,6 +54,7 @@ import (
 	"github.com/loractl/loractl/internal/model"
 	"github.com/loractl/loractl/internal/optim"
 	"github.com/loractl/loractl/internal/safetensors"
+	"github.com/loractl/loractl/internal/synth"
 )
 
 // shape is a Llama-family model shape.
@@ -238,56 +239,10 @@ func writeModel(dir string, s shape, seq int, seed uint64) error {
 	if err := os.WriteFile(filepath.Join(dir, "config.json"), append(cb, '\n'), 0o644); err != nil {
 		return err
 	}
-	rng := rand.New(rand.NewPCG(seed, 0xbe4c))
-	C, F, V := s.Dim, s.FFN, s.Vocab
-	D := C / s.Heads
-	Q, KV := s.Heads*D, s.KV*D
-	var ts []safetensors.Tensor
-	add := func(name string, norm bool, shape ...int) error {
-		n := 1
-		for _, d := range shape {
-			n *= d
-		}
-		v := make([]float32, n)
-		for i := range v {
-			if norm {
-				v[i] = 1
-			} else {
-				v[i] = float32(0.02 * rng.NormFloat64())
-			}
-		}
-		raw, err := safetensors.EncodeFloat32(safetensors.F32, v)
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		ts = append(ts, safetensors.Tensor{Name: name, DType: safetensors.F32, Shape: shape, Data: raw})
-		return nil
-	}
-	type spec struct {
-		name  string
-		norm  bool
-		shape []int
-	}
-	specs := []spec{{"model.embed_tokens.weight", false, []int{V, C}}}
-	for l := 0; l < s.Layers; l++ {
-		p := fmt.Sprintf("model.layers.%d.", l)
-		specs = append(specs,
-			spec{p + "input_layernorm.weight", true, []int{C}},
-			spec{p + "self_attn.q_proj.weight", false, []int{Q, C}},
-			spec{p + "self_attn.k_proj.weight", false, []int{KV, C}},
-			spec{p + "self_attn.v_proj.weight", false, []int{KV, C}},
-			spec{p + "self_attn.o_proj.weight", false, []int{C, Q}},
-			spec{p + "post_attention_layernorm.weight", true, []int{C}},
-			spec{p + "mlp.gate_proj.weight", false, []int{F, C}},
-			spec{p + "mlp.up_proj.weight", false, []int{F, C}},
-			spec{p + "mlp.down_proj.weight", false, []int{C, F}},
-		)
-	}
-	specs = append(specs, spec{"model.norm.weight", true, []int{C}})
-	for _, sp := range specs {
-		if err := add(sp.name, sp.norm, sp.shape...); err != nil {
-			return err
-		}
+	ts, _, err := synth.LlamaTensors(synth.LlamaShape{Dim: s.Dim, Layers: s.Layers, Heads: s.Heads, KVHeads: s.KV,
+		Hidden: s.FFN, Vocab: s.Vocab}, 0.02, seed)
+	if err != nil {
+		return err
 	}
 	return safetensors.Write(filepath.Join(dir, "model.safetensors"), ts, map[string]string{"format": "pt"})
 }

@@ -124,58 +124,8 @@ func (o *modelOptions) config() llamaConfig {
 // N(0, std²) in a fixed order from one generator seeded with o.Seed, every norm weight 1.
 // lm_head is tied to embed_tokens and not stored.
 func (o *modelOptions) tensors() ([]safetensors.Tensor, int64, error) {
-	r := synth.NewRand(o.Seed)
-	C, F, V := o.Dim, o.Hidden, synth.VocabSize()
-	D := o.Dim / o.Heads
-	Q, KV := o.Heads*D, o.KVHeads*D
-	var out []safetensors.Tensor
-	var params int64
-	add := func(name string, fill func() float32, shape ...int) error {
-		n := 1
-		for _, d := range shape {
-			n *= d
-		}
-		v := make([]float32, n)
-		for i := range v {
-			v[i] = fill()
-		}
-		raw, err := safetensors.EncodeFloat32(safetensors.F32, v)
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		out = append(out, safetensors.Tensor{Name: name, DType: safetensors.F32, Shape: shape, Data: raw})
-		params += int64(n)
-		return nil
-	}
-	normal := func() float32 { return float32(o.Std * r.NormFloat64()) }
-	one := func() float32 { return 1 }
-	type spec struct {
-		name  string
-		fill  func() float32
-		shape []int
-	}
-	specs := []spec{{"model.embed_tokens.weight", normal, []int{V, C}}}
-	for l := 0; l < o.Layers; l++ {
-		p := fmt.Sprintf("model.layers.%d.", l)
-		specs = append(specs,
-			spec{p + "input_layernorm.weight", one, []int{C}},
-			spec{p + "self_attn.q_proj.weight", normal, []int{Q, C}},
-			spec{p + "self_attn.k_proj.weight", normal, []int{KV, C}},
-			spec{p + "self_attn.v_proj.weight", normal, []int{KV, C}},
-			spec{p + "self_attn.o_proj.weight", normal, []int{C, Q}},
-			spec{p + "post_attention_layernorm.weight", one, []int{C}},
-			spec{p + "mlp.gate_proj.weight", normal, []int{F, C}},
-			spec{p + "mlp.up_proj.weight", normal, []int{F, C}},
-			spec{p + "mlp.down_proj.weight", normal, []int{C, F}},
-		)
-	}
-	specs = append(specs, spec{"model.norm.weight", one, []int{C}})
-	for _, s := range specs {
-		if err := add(s.name, s.fill, s.shape...); err != nil {
-			return nil, 0, err
-		}
-	}
-	return out, params, nil
+	return synth.LlamaTensors(synth.LlamaShape{Dim: o.Dim, Layers: o.Layers, Heads: o.Heads, KVHeads: o.KVHeads,
+		Hidden: o.Hidden, Vocab: synth.VocabSize()}, o.Std, o.Seed)
 }
 
 // modelStats reports what writeModel wrote.
