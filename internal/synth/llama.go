@@ -71,3 +71,44 @@ func LlamaTensors(s LlamaShape, std float64, seed uint64) ([]safetensors.Tensor,
 	}
 	return out, params, nil
 }
+
+// LlamaConfig is the config.json of a random-init Llama (HF field names and order).
+type LlamaConfig struct {
+	Architectures         []string `json:"architectures"`
+	ModelType             string   `json:"model_type"`
+	HiddenSize            int      `json:"hidden_size"`
+	IntermediateSize      int      `json:"intermediate_size"`
+	NumHiddenLayers       int      `json:"num_hidden_layers"`
+	NumAttentionHeads     int      `json:"num_attention_heads"`
+	NumKeyValueHeads      int      `json:"num_key_value_heads"`
+	HeadDim               int      `json:"head_dim"`
+	VocabSize             int      `json:"vocab_size"`
+	MaxPositionEmbeddings int      `json:"max_position_embeddings"`
+	RMSNormEps            float64  `json:"rms_norm_eps"`
+	RopeTheta             float64  `json:"rope_theta"`
+	RopeScaling           any      `json:"rope_scaling"`
+	HiddenAct             string   `json:"hidden_act"`
+	TieWordEmbeddings     bool     `json:"tie_word_embeddings"`
+	AttentionBias         bool     `json:"attention_bias"`
+	AttentionDropout      float64  `json:"attention_dropout"`
+	MLPBias               bool     `json:"mlp_bias"`
+	InitializerRange      float64  `json:"initializer_range"`
+	BOSTokenID            int      `json:"bos_token_id"`
+	EOSTokenID            int      `json:"eos_token_id"`
+	TorchDType            string   `json:"torch_dtype"`
+	UseCache              bool     `json:"use_cache"`
+}
+
+// Config returns the config.json of the shape: tied embeddings, no biases, RoPE theta 10000,
+// BOS 1 and EOS 2 (the synth tokenizer's ids), maxPos positions, initializer_range std.
+func (s LlamaShape) Config(maxPos int, std float64) LlamaConfig {
+	return LlamaConfig{
+		Architectures: []string{"LlamaForCausalLM"}, ModelType: "llama",
+		HiddenSize: s.Dim, IntermediateSize: s.Hidden, NumHiddenLayers: s.Layers,
+		NumAttentionHeads: s.Heads, NumKeyValueHeads: s.KVHeads, HeadDim: s.Dim / s.Heads,
+		VocabSize: s.Vocab, MaxPositionEmbeddings: maxPos,
+		RMSNormEps: 1e-5, RopeTheta: 10000, HiddenAct: "silu", TieWordEmbeddings: true,
+		InitializerRange: std, BOSTokenID: BOSID, EOSTokenID: EOSID,
+		TorchDType: "float32", UseCache: true,
+	}
+}

@@ -42,6 +42,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -180,8 +181,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 func genChild(dir string, o options, stderr io.Writer) error {
 	if _, err := os.Stat(filepath.Join(dir, "model.safetensors")); err == nil && o.keep != "" {
 		if b, err := os.ReadFile(filepath.Join(dir, "config.json")); err == nil {
-			var c llamaConfig
-			if json.Unmarshal(b, &c) == nil && c == configFor(shapes[o.shape], o.seq) {
+			var c synth.LlamaConfig
+			if json.Unmarshal(b, &c) == nil && reflect.DeepEqual(c, configFor(shapes[o.shape], o.seq)) {
 				return nil // the kept model of this shape
 			}
 		}
@@ -199,32 +200,13 @@ func genChild(dir string, o options, stderr io.Writer) error {
 	return nil
 }
 
-// llamaConfig is the config.json written for the random model.
-type llamaConfig struct {
-	ModelType             string  `json:"model_type"`
-	HiddenSize            int     `json:"hidden_size"`
-	IntermediateSize      int     `json:"intermediate_size"`
-	NumHiddenLayers       int     `json:"num_hidden_layers"`
-	NumAttentionHeads     int     `json:"num_attention_heads"`
-	NumKeyValueHeads      int     `json:"num_key_value_heads"`
-	HeadDim               int     `json:"head_dim"`
-	VocabSize             int     `json:"vocab_size"`
-	MaxPositionEmbeddings int     `json:"max_position_embeddings"`
-	RMSNormEps            float64 `json:"rms_norm_eps"`
-	RopeTheta             float64 `json:"rope_theta"`
-	HiddenAct             string  `json:"hidden_act"`
-	TieWordEmbeddings     bool    `json:"tie_word_embeddings"`
-	BOSTokenID            int     `json:"bos_token_id"`
-	EOSTokenID            int     `json:"eos_token_id"`
-	TorchDType            string  `json:"torch_dtype"`
+// configFor is the config.json of the benchmark model of shape s.
+func configFor(s shape, seq int) synth.LlamaConfig {
+	return s.llama().Config(max(seq, 2048), 0.02)
 }
 
-func configFor(s shape, seq int) llamaConfig {
-	return llamaConfig{ModelType: "llama", HiddenSize: s.Dim, IntermediateSize: s.FFN,
-		NumHiddenLayers: s.Layers, NumAttentionHeads: s.Heads, NumKeyValueHeads: s.KV,
-		HeadDim: s.Dim / s.Heads, VocabSize: s.Vocab, MaxPositionEmbeddings: max(seq, 2048),
-		RMSNormEps: 1e-5, RopeTheta: 10000, HiddenAct: "silu", TieWordEmbeddings: true,
-		BOSTokenID: 1, EOSTokenID: 2, TorchDType: "float32"}
+func (s shape) llama() synth.LlamaShape {
+	return synth.LlamaShape{Dim: s.Dim, Layers: s.Layers, Heads: s.Heads, KVHeads: s.KV, Hidden: s.FFN, Vocab: s.Vocab}
 }
 
 // writeModel writes config.json and model.safetensors (F32, tied lm_head not stored).
@@ -239,8 +221,7 @@ func writeModel(dir string, s shape, seq int, seed uint64) error {
 	if err := os.WriteFile(filepath.Join(dir, "config.json"), append(cb, '\n'), 0o644); err != nil {
 		return err
 	}
-	ts, _, err := synth.LlamaTensors(synth.LlamaShape{Dim: s.Dim, Layers: s.Layers, Heads: s.Heads, KVHeads: s.KV,
-		Hidden: s.FFN, Vocab: s.Vocab}, 0.02, seed)
+	ts, _, err := synth.LlamaTensors(s.llama(), 0.02, seed)
 	if err != nil {
 		return err
 	}

@@ -81,51 +81,20 @@ func (o *modelOptions) validate() error {
 	return nil
 }
 
-// llamaConfig is the config.json init writes.
-type llamaConfig struct {
-	Architectures         []string `json:"architectures"`
-	ModelType             string   `json:"model_type"`
-	HiddenSize            int      `json:"hidden_size"`
-	IntermediateSize      int      `json:"intermediate_size"`
-	NumHiddenLayers       int      `json:"num_hidden_layers"`
-	NumAttentionHeads     int      `json:"num_attention_heads"`
-	NumKeyValueHeads      int      `json:"num_key_value_heads"`
-	HeadDim               int      `json:"head_dim"`
-	VocabSize             int      `json:"vocab_size"`
-	MaxPositionEmbeddings int      `json:"max_position_embeddings"`
-	RMSNormEps            float64  `json:"rms_norm_eps"`
-	RopeTheta             float64  `json:"rope_theta"`
-	RopeScaling           any      `json:"rope_scaling"`
-	HiddenAct             string   `json:"hidden_act"`
-	TieWordEmbeddings     bool     `json:"tie_word_embeddings"`
-	AttentionBias         bool     `json:"attention_bias"`
-	AttentionDropout      float64  `json:"attention_dropout"`
-	MLPBias               bool     `json:"mlp_bias"`
-	InitializerRange      float64  `json:"initializer_range"`
-	BOSTokenID            int      `json:"bos_token_id"`
-	EOSTokenID            int      `json:"eos_token_id"`
-	TorchDType            string   `json:"torch_dtype"`
-	UseCache              bool     `json:"use_cache"`
+func (o *modelOptions) config() synth.LlamaConfig {
+	return o.shape().Config(o.Seq, o.Std)
 }
 
-func (o *modelOptions) config() llamaConfig {
-	return llamaConfig{
-		Architectures: []string{"LlamaForCausalLM"}, ModelType: "llama",
-		HiddenSize: o.Dim, IntermediateSize: o.Hidden, NumHiddenLayers: o.Layers,
-		NumAttentionHeads: o.Heads, NumKeyValueHeads: o.KVHeads, HeadDim: o.Dim / o.Heads,
-		VocabSize: synth.VocabSize(), MaxPositionEmbeddings: o.Seq,
-		RMSNormEps: 1e-5, RopeTheta: 10000, HiddenAct: "silu", TieWordEmbeddings: true,
-		InitializerRange: o.Std, BOSTokenID: synth.BOSID, EOSTokenID: synth.EOSID,
-		TorchDType: "float32", UseCache: true,
-	}
+func (o *modelOptions) shape() synth.LlamaShape {
+	return synth.LlamaShape{Dim: o.Dim, Layers: o.Layers, Heads: o.Heads, KVHeads: o.KVHeads,
+		Hidden: o.Hidden, Vocab: synth.VocabSize()}
 }
 
 // tensors returns the model's weights in HF Llama names, F32: every matrix drawn from
 // N(0, std²) in a fixed order from one generator seeded with o.Seed, every norm weight 1.
 // lm_head is tied to embed_tokens and not stored.
 func (o *modelOptions) tensors() ([]safetensors.Tensor, int64, error) {
-	return synth.LlamaTensors(synth.LlamaShape{Dim: o.Dim, Layers: o.Layers, Heads: o.Heads, KVHeads: o.KVHeads,
-		Hidden: o.Hidden, Vocab: synth.VocabSize()}, o.Std, o.Seed)
+	return synth.LlamaTensors(o.shape(), o.Std, o.Seed)
 }
 
 // modelStats reports what writeModel wrote.
