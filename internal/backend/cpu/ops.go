@@ -12,15 +12,23 @@ func (be *Backend) EmbeddingForward(out, table backend.Buffer, tokens []int, C i
 	o, tab := data(out), data(table)
 	N := len(tokens)
 	need("EmbeddingForward", "out", o, N*C)
+	checkTokens("EmbeddingForward", tokens, tab, C)
+	for n, id := range tokens {
+		copy(o[n*C:(n+1)*C], tab[id*C:(id+1)*C])
+	}
+}
+
+// checkTokens panics if a token id is outside the V = len(table)/C rows of table; the caller
+// (the model, the engine) validates user input, so this is a programming error.
+func checkTokens(op string, tokens []int, table []float32, C int) {
 	V := 0
 	if C > 0 {
-		V = len(tab) / C
+		V = len(table) / C
 	}
-	for n, id := range tokens {
+	for _, id := range tokens {
 		if id < 0 || id >= V {
-			panic("cpu: EmbeddingForward: token id out of range (the caller must validate tokens)")
+			panic("cpu: " + op + ": token id out of range (the caller must validate tokens)")
 		}
-		copy(o[n*C:(n+1)*C], tab[id*C:(id+1)*C])
 	}
 }
 

@@ -542,15 +542,7 @@ func (be *Backend) EmbeddingBackward(dtable, dout backend.Buffer, tokens []int, 
 	dt, do := data(dtable), data(dout)
 	N := len(tokens)
 	need("EmbeddingBackward", "dout", do, N*C)
-	V := 0
-	if C > 0 {
-		V = len(dt) / C
-	}
-	for _, id := range tokens {
-		if id < 0 || id >= V {
-			panic("cpu: EmbeddingBackward: token id out of range (the caller must validate tokens)")
-		}
-	}
+	checkTokens("EmbeddingBackward", tokens, dt, C)
 	t := embBwdArgs.get()
 	*t = embBwd{dt: dt, do: do, tokens: tokens, C: C}
 	forRange(C, elemAlign, be.workers(N*C), t)
