@@ -45,6 +45,7 @@ import (
 	"reflect"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -85,6 +86,7 @@ type options struct {
 	peakGFLOPS float64
 	gen        string // internal: write the model to this folder and exit
 	keep       string // write the model here and keep it (default: a temporary folder)
+	cpuprofile string // write a CPU profile of the timed steps here
 }
 
 // Result is the JSON line benchstep prints (the same fields as bench_torch.py).
@@ -138,6 +140,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.Uint64Var(&o.dataSeed, "data-seed", 1234, "splitmix64 seed of the token ids (same as bench_torch.py)")
 	fs.Float64Var(&o.peakGFLOPS, "peak-gflops", 436, "machine peak GFLOP/s for MFU (218 per AVX-512 core here)")
 	fs.StringVar(&o.gen, "gen", "", "internal: write the random model to this folder and exit")
+	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the timed steps to this file (go tool pprof)")
 	fs.StringVar(&o.keep, "model-dir", "", "write the model here and keep it (default: a temporary folder, removed)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -333,6 +336,17 @@ func bench(dir string, sh shape, o options) (*Result, error) {
 		if first {
 			res.LossFirst, first = loss, false
 		}
+	}
+	if o.cpuprofile != "" {
+		f, err := os.Create(o.cpuprofile)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return nil, err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	var total time.Duration
 	res.StepMinS = math.Inf(1)
