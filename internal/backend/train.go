@@ -42,6 +42,12 @@ type Trainer interface {
 	// dlogits (N, V), logits (N, V). dlogits may be logits (in place).
 	CrossEntropyBackward(dlogits, logits Buffer, targets []int, N, V int, scale float32)
 
+	// CrossEntropyForwardBackward is CrossEntropyForward and CrossEntropyBackward in one pass
+	// over the logits (one exponential per logit instead of two): it writes losses (N) and
+	// dlogits (N, V) with the same values the two ops give. dlogits may be logits. Training uses
+	// it; evaluation, which needs no gradient, uses CrossEntropyForward.
+	CrossEntropyForwardBackward(losses, dlogits, logits Buffer, targets []int, N, V int, scale float32)
+
 	// MatMulBackward is the backward of MatMulForward (y = x·wᵀ + bias):
 	//	dx    (N, C)  += dy · w        (nil: not computed)
 	//	dw    (OC, C) += dyᵀ · x       (nil: frozen weight)

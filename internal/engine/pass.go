@@ -16,7 +16,7 @@ func (e *Engine) ForwardBackward(b Batch, gradScale float32) (lossSum float64, n
 		return 0, 0, err
 	}
 	e.calls++ // a new dropout stream for this call
-	lossSum, nTargets, err = e.forward(&b, pos, true)
+	lossSum, nTargets, err = e.forward(&b, pos, true, &gradScale)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -33,7 +33,7 @@ func (e *Engine) Loss(b Batch) (lossSum float64, nTargets int, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	return e.forward(&b, pos, false)
+	return e.forward(&b, pos, false, nil)
 }
 
 // prepare validates b against the model and sizes the buffers; it returns the positions.
@@ -92,8 +92,10 @@ func (e *Engine) check(b *Batch) error {
 }
 
 // forward runs the model over the batch, keeping what backward needs, and returns the loss sum
-// and the number of targets. train turns LoRA dropout on.
-func (e *Engine) forward(b *Batch, pos []int, train bool) (float64, int, error) {
+// and the number of targets. train turns LoRA dropout on. With gradScale set, the logits are
+// replaced by the loss gradient (scaled by *gradScale) in the same pass as the loss, and
+// backward starts from them.
+func (e *Engine) forward(b *Batch, pos []int, train bool, gradScale *float32) (float64, int, error) {
 	cfg, be, a := e.cfg, e.be, e.act
 	N, C, V := b.B*b.T, cfg.HiddenSize, cfg.VocabSize
 	L := len(e.blocks)
@@ -105,7 +107,11 @@ func (e *Engine) forward(b *Batch, pos []int, train bool) (float64, int, error) 
 	}
 	be.RMSNormForward(a.hf, a.xs[L], e.norm, N, C, float32(cfg.RMSNormEps)) // hf (N, C)
 	be.MatMulForward(a.logits, a.hf, e.lmHead, nil, N, C, V)                // logits (N, V)
-	be.CrossEntropyForward(a.losses, a.logits, b.Targets, N, V)             // losses (N)
+	if gradScale != nil {
+		be.CrossEntropyForwardBackward(a.losses, a.logits, a.logits, b.Targets, N, V, *gradScale) // losses (N); logits (N, V) now dlogits
+	} else {
+		be.CrossEntropyForward(a.losses, a.logits, b.Targets, N, V) // losses (N)
+	}
 	if err := be.Download(a.hostLosses, a.losses); err != nil {
 		return 0, 0, fmt.Errorf("engine: download losses: %w", err)
 	}
@@ -128,7 +134,7 @@ func (e *Engine) backward(b *Batch, pos []int, gradScale float32) error {
 	L := len(e.blocks)
 	eps := float32(cfg.RMSNormEps)
 
-	be.CrossEntropyBackward(a.logits, a.logits, b.Targets, N, V, gradScale) // logits (N, V) now dlogits
+	// a.logits holds dlogits: forward's CrossEntropyForwardBackward wrote them.
 	be.Zero(a.dh, N*C)
 	be.MatMulBackward(a.dh, e.dLM, nil, a.logits, a.hf, e.lmHead, N, C, V) // dh (N, C)
 	be.Zero(a.dres, N*C)

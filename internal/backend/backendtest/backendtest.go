@@ -270,3 +270,26 @@ func runForward(t *testing.T, newBackend func() backend.Backend, rep *report) {
 		checkClose(t, rep, "AddForward", "N=29", download(t, be, out), refAdd(f64(a), f64(b)), 1e-7, 1e-6)
 	})
 }
+
+// poison returns n NaNs: the initial contents of an output buffer, so that an element an op
+// forgets to write fails the comparison.
+func poison(n int) []float32 {
+	s := make([]float32, n)
+	for i := range s {
+		s[i] = float32(math.NaN())
+	}
+	return s
+}
+
+// sameBits fails unless got and want are bitwise equal.
+func sameBits(t *testing.T, what string, got, want []float32) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d elements, want %d", what, len(got), len(want))
+	}
+	for i := range got {
+		if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+			t.Fatalf("%s: index %d: %g, want %g bit for bit", what, i, got[i], want[i])
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package backendtest
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"testing"
 
@@ -68,42 +69,60 @@ func runTrain(t *testing.T, newBackend func() backend.Backend, rep *report) {
 	})
 
 	t.Run("CrossEntropy", func(t *testing.T) {
-		be, r := newBackend(), seededRand(21)
-		tr := be.(backend.Trainer)
-		N, V := 6, 9
-		logits := randn(r, N*V, 3) // (N, V)
-		targets := make([]int, N)  // (N,)
-		for i := range targets {
-			targets[i] = r.IntN(V)
-		}
-		targets[1], targets[4] = backend.IgnoreIndex, backend.IgnoreIndex
-		scale := float32(1.0 / 4) // mean over the 4 counted rows
-		shape := "N=6 V=9 (2 ignored)"
-
-		lb := upload(t, be, logits)
-		losses := be.Alloc(N)
-		tr.CrossEntropyForward(losses, lb, targets, N, V)
-		checkClose(t, rep, "CrossEntropyForward", shape, download(t, be, losses), refCrossEntropy(f64(logits), targets, N, V), 1e-6, 1e-5)
-
-		dl := be.Alloc(N * V)
-		tr.CrossEntropyBackward(dl, lb, targets, N, V, scale)
-		got := download(t, be, dl)
-		x := f64(logits)
-		fd := numGrad(func() float64 {
-			s := 0.0
-			for _, l := range refCrossEntropy(x, targets, N, V) {
-				s += l
+		// A tiny vocabulary (every vector tail) and one wide enough for the unrolled loops.
+		for _, dims := range [][2]int{{6, 9}, {4, 203}} {
+			be, r := newBackend(), seededRand(21)
+			tr := be.(backend.Trainer)
+			N, V := dims[0], dims[1]
+			logits := randn(r, N*V, 3) // (N, V)
+			targets := make([]int, N)  // (N,)
+			for i := range targets {
+				targets[i] = r.IntN(V)
 			}
-			return float64(scale) * s
-		}, x, fdEps)
-		checkGrad(t, rep, "CrossEntropyBackward dlogits", shape, got, fd)
-
-		tr.CrossEntropyBackward(lb, lb, targets, N, V, scale) // in place
-		inPlace := download(t, be, lb)
-		for i := range got {
-			if inPlace[i] != got[i] {
-				t.Fatalf("CrossEntropyBackward in place: index %d: %g, out of place %g", i, inPlace[i], got[i])
+			targets[1] = backend.IgnoreIndex
+			if N > 4 {
+				targets[4] = backend.IgnoreIndex
 			}
+			valid := 0
+			for _, tg := range targets {
+				if tg != backend.IgnoreIndex {
+					valid++
+				}
+			}
+			scale := float32(1 / float64(valid)) // mean over the counted rows
+			shape := fmt.Sprintf("N=%d V=%d (%d ignored)", N, V, N-valid)
+
+			lb := upload(t, be, logits)
+			losses := upload(t, be, poison(N))
+			tr.CrossEntropyForward(losses, lb, targets, N, V)
+			lossVals := download(t, be, losses)
+			checkClose(t, rep, "CrossEntropyForward", shape, lossVals, refCrossEntropy(f64(logits), targets, N, V), 1e-6, 1e-5)
+
+			dl := upload(t, be, poison(N*V))
+			tr.CrossEntropyBackward(dl, lb, targets, N, V, scale)
+			got := download(t, be, dl)
+			x := f64(logits)
+			fd := numGrad(func() float64 {
+				s := 0.0
+				for _, l := range refCrossEntropy(x, targets, N, V) {
+					s += l
+				}
+				return float64(scale) * s
+			}, x, fdEps)
+			checkGrad(t, rep, "CrossEntropyBackward dlogits", shape, got, fd)
+
+			// The fused op gives the same bits as the two separate ones, out of place and in place.
+			losses2, dl2 := upload(t, be, poison(N)), upload(t, be, poison(N*V))
+			tr.CrossEntropyForwardBackward(losses2, dl2, lb, targets, N, V, scale)
+			sameBits(t, "CrossEntropyForwardBackward losses", download(t, be, losses2), lossVals)
+			sameBits(t, "CrossEntropyForwardBackward dlogits", download(t, be, dl2), got)
+
+			tr.CrossEntropyBackward(lb, lb, targets, N, V, scale) // in place
+			sameBits(t, "CrossEntropyBackward in place", download(t, be, lb), got)
+			lb = upload(t, be, logits)
+			tr.CrossEntropyForwardBackward(losses2, lb, lb, targets, N, V, scale) // in place
+			sameBits(t, "CrossEntropyForwardBackward in place losses", download(t, be, losses2), lossVals)
+			sameBits(t, "CrossEntropyForwardBackward in place dlogits", download(t, be, lb), got)
 		}
 	})
 
@@ -182,24 +201,33 @@ func runTrain(t *testing.T, newBackend func() backend.Backend, rep *report) {
 		checkGrad(t, rep, "RoPEBackwardPos dx", shape, download(t, be, dyb), fd)
 	})
 
+	// A long sequence: the CPU backend computes attention in blocks of 64 query rows, and
+	// samples packed across a block boundary.
+	long := make([]int, 70)
+	for i := 30; i < len(long); i++ {
+		long[i] = 1
+	}
 	for _, tc := range []struct {
-		name string
-		seg  []int // (B·T) or nil
+		name             string
+		seg              []int // (B·T) or nil
+		B, T, NH, NKV, D int
 	}{
-		{"one segment", nil},
-		{"packed", []int{0, 0, 0, 1, 1, 1, 1, 5, 5, 5, 5, 5, 5, 9}}, // batch 0: 2 samples; batch 1: 2
+		{"one segment", nil, 2, 7, 4, 2, 4},
+		{"packed", []int{0, 0, 0, 1, 1, 1, 1, 5, 5, 5, 5, 5, 5, 9}, 2, 7, 4, 2, 4}, // batch 0: 2 samples; batch 1: 2
+		{"long", nil, 1, 70, 2, 1, 4},
+		{"long packed", long, 1, 70, 2, 1, 4},
 	} {
 		t.Run("Attention "+tc.name, func(t *testing.T) {
 			be, r := newBackend(), seededRand(25)
 			tr := be.(backend.Trainer)
-			B, T, NH, NKV, D := 2, 7, 4, 2, 4
-			shape := "B=2 T=7 NH=4 NKV=2 D=4 " + tc.name
+			B, T, NH, NKV, D := tc.B, tc.T, tc.NH, tc.NKV, tc.D
+			shape := fmt.Sprintf("B=%d T=%d NH=%d NKV=%d D=%d %s", B, T, NH, NKV, D, tc.name)
 			q := randn(r, B*T*NH*D, 1)  // (B, T, NH·D)
 			k := randn(r, B*T*NKV*D, 1) // (B, T, NKV·D)
 			v := randn(r, B*T*NKV*D, 1) // (B, T, NKV·D)
 			qb, kb, vb := upload(t, be, q), upload(t, be, k), upload(t, be, v)
-			out := be.Alloc(B * T * NH * D)
-			att := be.Alloc(B * NH * T * T)
+			out := upload(t, be, poison(B*T*NH*D))
+			att := upload(t, be, poison(B*NH*T*T))
 			tr.AttentionTrainForward(out, att, qb, kb, vb, tc.seg, B, T, NH, NKV, D)
 			Q, K, Vv := f64(q), f64(k), f64(v)
 			vis := segVisible(tc.seg, T)

@@ -5,6 +5,8 @@ import (
 	"math"
 
 	"github.com/loractl/loractl/internal/backend"
+	"github.com/loractl/loractl/internal/backend/cpu/gemm"
+	"github.com/loractl/loractl/internal/backend/cpu/vec"
 )
 
 // This file holds the training ops of the CPU backend (backend.Trainer): the forward ops that
@@ -70,99 +72,92 @@ func checkTargets(op string, targets []int, N, V int) {
 	}
 }
 
-// rowLogSumExp returns the maximum of row and log Σ exp(row − max), in float64.
-func rowLogSumExp(row []float32) (maxv float32, logSum float64) {
-	maxv = float32(math.Inf(-1))
-	for _, v := range row {
-		maxv = max(maxv, v)
-	}
-	var sum float64
-	for _, v := range row {
-		sum += math.Exp(float64(v - maxv))
-	}
-	return maxv, math.Log(sum)
-}
-
-// CrossEntropyForward computes losses[n] = logsumexp(logits[n, :]) − logits[n, targets[n]] (in
-// float64, rounded), 0 for ignored rows. losses (N), logits (N, V).
+// CrossEntropyForward computes losses[n] = logsumexp(logits[n, :]) − logits[n, targets[n]], 0
+// for ignored rows. losses (N), logits (N, V). The row's exponentials are summed in float64
+// (vec.ExpSum); the loss is formed in float64 and rounded.
 func (be *Backend) CrossEntropyForward(losses, logits backend.Buffer, targets []int, N, V int) {
 	ls, lg := data(losses), data(logits)
 	need("CrossEntropyForward", "losses", ls, N)
 	need("CrossEntropyForward", "logits", lg, N*V)
 	checkTargets("CrossEntropyForward", targets, N, V)
-	t := ceArgs.get()
-	*t = ceBody{losses: ls, logits: lg, targets: targets, V: V}
-	forRange(N, 1, be.workers(N*V*expCost), t)
-	ceArgs.put(t)
+	be.crossEntropy(ls, nil, lg, targets, N, V, 0)
 }
 
 // CrossEntropyBackward writes dlogits[n, :] = scale·(softmax(logits[n, :]) − onehot(targets[n])),
 // 0 for ignored rows. dlogits (N, V), logits (N, V); dlogits may be logits.
-// Each row takes one exponential per logit: exp(logit − max) is kept in float64 scratch and
-// divided by the row's sum.
 func (be *Backend) CrossEntropyBackward(dlogits, logits backend.Buffer, targets []int, N, V int, scale float32) {
 	dl, lg := data(dlogits), data(logits)
 	need("CrossEntropyBackward", "dlogits", dl, N*V)
 	need("CrossEntropyBackward", "logits", lg, N*V)
 	checkTargets("CrossEntropyBackward", targets, N, V)
+	be.crossEntropy(nil, dl, lg, targets, N, V, scale)
+}
+
+// CrossEntropyForwardBackward does both in one pass over each row, one exponential per logit:
+// losses (N) as CrossEntropyForward (bitwise), dlogits (N, V) as CrossEntropyBackward
+// (bitwise). dlogits may be logits.
+func (be *Backend) CrossEntropyForwardBackward(losses, dlogits, logits backend.Buffer, targets []int, N, V int, scale float32) {
+	ls, dl, lg := data(losses), data(dlogits), data(logits)
+	need("CrossEntropyForwardBackward", "losses", ls, N)
+	need("CrossEntropyForwardBackward", "dlogits", dl, N*V)
+	need("CrossEntropyForwardBackward", "logits", lg, N*V)
+	checkTargets("CrossEntropyForwardBackward", targets, N, V)
+	be.crossEntropy(ls, dl, lg, targets, N, V, scale)
+}
+
+// crossEntropy runs the rows of the three cross-entropy ops: losses when ls is not nil,
+// dlogits when dl is not nil.
+func (be *Backend) crossEntropy(ls, dl, lg []float32, targets []int, N, V int, scale float32) {
 	t := ceArgs.get()
-	*t = ceBody{dlogits: dl, logits: lg, targets: targets, V: V, scale: scale, backward: true}
-	forRange(N, 1, be.workers(N*V*expCost), t)
+	*t = ceBody{losses: ls, dlogits: dl, logits: lg, targets: targets, V: V, scale: scale}
+	forRange(N, 1, be.workers(N*V*4), t)
 	ceArgs.put(t)
 }
 
-// ceBody is the loop body over rows of CrossEntropyForward (losses) or CrossEntropyBackward
-// (dlogits).
+// ceBody is the loop body over rows of the cross-entropy ops.
 type ceBody struct {
-	losses, dlogits, logits []float32 // (N), (N, V), (N, V)
+	losses, dlogits, logits []float32 // (N) or nil, (N, V) or nil, (N, V)
 	targets                 []int     // (N)
 	V                       int
 	scale                   float32
-	backward                bool
 }
 
 var ceArgs argPool[ceBody]
 
 func (a *ceBody) run(lo, hi int) {
 	V := a.V
-	if !a.backward {
-		for n := lo; n < hi; n++ {
-			if a.targets[n] == backend.IgnoreIndex {
-				a.losses[n] = 0
-				continue
-			}
-			row := a.logits[n*V : (n+1)*V] // (V,)
-			maxv, logSum := rowLogSumExp(row)
-			a.losses[n] = float32(logSum + float64(maxv-row[a.targets[n]]))
-		}
-		return
+	var e []float32 // (V,) exp(logit − max) when there is no dlogits row to hold it
+	if a.dlogits == nil {
+		ep := getF32(V)
+		defer putF32(ep)
+		e = *ep
 	}
-	ep := getF64(V)
-	e := *ep // (V,) exp(logit − max)
 	for n := lo; n < hi; n++ {
-		drow := a.dlogits[n*V : (n+1)*V] // (V,)
 		tg := a.targets[n]
 		if tg == backend.IgnoreIndex {
-			clear(drow)
+			if a.losses != nil {
+				a.losses[n] = 0
+			}
+			if a.dlogits != nil {
+				clear(a.dlogits[n*V : (n+1)*V])
+			}
 			continue
 		}
-		row := a.logits[n*V : (n+1)*V] // (V,) read fully before drow is written (they may alias)
-		maxv := float32(math.Inf(-1))
-		for _, v := range row {
-			maxv = max(maxv, v)
+		row := a.logits[n*V : (n+1)*V] // (V,)
+		lt := row[tg]                  // read before dlogits (which may be row) is written
+		if a.dlogits != nil {
+			e = a.dlogits[n*V : (n+1)*V]
 		}
-		var sum float64
-		for i, v := range row {
-			e[i] = math.Exp(float64(v - maxv))
-			sum += e[i]
+		maxv := vec.Max(row)
+		sum := vec.ExpSum(e, row, maxv, 1)
+		if a.losses != nil {
+			a.losses[n] = float32(math.Log(sum) + float64(maxv-lt))
 		}
-		inv := 1 / sum
-		for i, ei := range e {
-			drow[i] = a.scale * float32(ei*inv)
+		if a.dlogits != nil {
+			vec.Scale(e, float32(float64(a.scale)/sum))
+			e[tg] -= a.scale
 		}
-		drow[tg] -= a.scale
 	}
-	putF64(ep)
 }
 
 // RMSNormBackward computes, for y = w·x·r with r = 1/sqrt(mean(x²)+eps) per row,
@@ -307,16 +302,19 @@ func attnCheck(op string, seg []int, B, T, NH, NKV int) {
 	}
 }
 
-// visible reports whether query t of batch element b may attend to key s: s ≤ t and, when
-// seg is not nil, both tokens are in the same segment.
-func visible(seg []int, b, T, t, s int) bool {
-	return s <= t && (seg == nil || seg[b*T+s] == seg[b*T+t])
-}
+// attnBlock is the number of query rows the attention ops compute per matrix product: the
+// causal mask is skipped a block at a time, so a block of rows [i0, i1) reads keys [0, i1).
+const attnBlock = 64
 
 // AttentionTrainForward computes causal, segment-masked GQA attention over whole sequences and
 // saves the probabilities. out (B, T, NH·D), att (B, NH, T, T), q (B, T, NH·D),
-// k (B, T, NKV·D), v (B, T, NKV·D), seg nil or (B·T). Scores and the output are accumulated in
-// float32, the softmax's exponentials and their sum in float64, as in AttentionForward.
+// k (B, T, NKV·D), v (B, T, NKV·D), seg nil or (B·T).
+//
+// Per (batch, head) pair, in blocks of attnBlock query rows: the scores S = Q·Kᵀ go straight
+// into att through the packed GEMM (only the key columns the block can see), each row becomes
+// softmax(S·1/sqrt(D)) with masked entries exactly 0 (vec.Max, vec.ExpSum: exponentials summed
+// in float64), and out = P·V by the GEMM again. Every element is computed the same way whatever
+// the thread count.
 func (be *Backend) AttentionTrainForward(out, att, q, k, v backend.Buffer, seg []int, B, T, NH, NKV, D int) {
 	o, as, qs, ks, vs := data(out), data(att), data(q), data(k), data(v)
 	need("AttentionTrainForward", "out", o, B*T*NH*D)
@@ -327,8 +325,8 @@ func (be *Backend) AttentionTrainForward(out, att, q, k, v backend.Buffer, seg [
 	attnCheck("AttentionTrainForward", seg, B, T, NH, NKV)
 	t := attnFwdArgs.get()
 	*t = attnFwd{o: o, att: as, q: qs, k: ks, v: vs, seg: seg, T: T, NH: NH, NKV: NKV, D: D}
-	// Causal: query t reads keys 0..t only, half of the T×T scores.
-	forRange(B*NH, 1, be.workers(B*NH*T*(T+1)/2*(2*D+expCost)), t)
+	// Causal: query t reads keys 0..t only, about half of the T×T scores.
+	forRange(B*NH, 1, be.workers(B*NH*T*(T+1)/2*(2*D+4)), t)
 	attnFwdArgs.put(t)
 }
 
@@ -345,59 +343,50 @@ func (a *attnFwd) run(lo, hi int) {
 	T, NH, NKV, D, seg := a.T, a.NH, a.NKV, a.D, a.seg
 	groups := NH / NKV
 	scale := float32(1 / math.Sqrt(float64(D)))
+	ninf := float32(math.Inf(-1))
 	for bh := lo; bh < hi; bh++ {
 		b, h := bh/NH, bh%NH
 		kh := h / groups
-		for t := 0; t < T; t++ {
-			qo := (b*T+t)*NH*D + h*D
-			qv := a.q[qo : qo+D]                   // (D,)
-			ov := a.o[qo : qo+D]                   // (D,)
-			ar := a.att[(bh*T+t)*T : (bh*T+t+1)*T] // (T,) scores, then probabilities
-			clear(ar[t+1:])                        // the masked upper half
-			maxv := float32(math.Inf(-1))
-			for s := 0; s <= t; s++ {
-				if seg != nil && seg[b*T+s] != seg[b*T+t] {
-					continue
+		qm := a.q[(b*T)*NH*D+h*D:]       // Q (T, D), row stride NH·D
+		km := a.k[(b*T)*NKV*D+kh*D:]     // K (T, D), row stride NKV·D
+		vm := a.v[(b*T)*NKV*D+kh*D:]     // V (T, D), row stride NKV·D
+		om := a.o[(b*T)*NH*D+h*D:]       // out (T, D), row stride NH·D
+		pm := a.att[bh*T*T : (bh+1)*T*T] // P (T, T)
+		for i0 := 0; i0 < T; i0 += attnBlock {
+			i1 := min(T, i0+attnBlock)
+			// S[i0:i1, 0:i1] = Q[i0:i1]·K[0:i1]ᵀ
+			gemm.Mul(nil, 1, pm[i0*T:], T, gemm.Mat{D: qm[i0*NH*D:], RS: NH * D, CS: 1},
+				gemm.Mat{D: km, RS: 1, CS: NKV * D}, i1-i0, i1, D, false)
+			for t := i0; t < i1; t++ {
+				row := pm[t*T : (t+1)*T] // (T,) scores, then probabilities
+				vis := row[:t+1]         // (t+1,) the keys query t may see
+				if seg != nil {
+					for s := range vis {
+						if seg[b*T+s] != seg[b*T+t] {
+							vis[s] = ninf
+						}
+					}
 				}
-				ko := (b*T+s)*NKV*D + kh*D
-				ar[s] = dot1(qv, a.k[ko:ko+D]) * scale
-				maxv = max(maxv, ar[s])
+				m := vec.Max(vis)
+				sum := vec.ExpSum(vis, vis, m, scale) // exp((s − max)/sqrt(D)); masked → 0
+				vec.Scale(vis, float32(1/sum))
+				clear(row[t+1:]) // the masked upper part
 			}
-			var sum float64
-			for s := 0; s <= t; s++ {
-				if seg != nil && seg[b*T+s] != seg[b*T+t] {
-					ar[s] = 0
-					continue
-				}
-				e := math.Exp(float64(ar[s] - maxv))
-				ar[s] = float32(e)
-				sum += e
-			}
-			inv := float32(1 / sum)
-			clear(ov)
-			for s := 0; s <= t; s++ {
-				if ar[s] == 0 {
-					continue // masked (or underflowed: contributes nothing)
-				}
-				ar[s] *= inv
-				p := ar[s]
-				vo := (b*T+s)*NKV*D + kh*D
-				vv := a.v[vo : vo+D : vo+D] // (D,)
-				for d, x := range vv {
-					ov[d] += p * x
-				}
-			}
+			// out[i0:i1] = P[i0:i1, 0:i1]·V[0:i1]
+			gemm.Mul(nil, 1, om[i0*NH*D:], NH*D, gemm.Mat{D: pm[i0*T:], RS: T, CS: 1},
+				gemm.Mat{D: vm, RS: NKV * D, CS: 1}, i1-i0, D, i1, false)
 		}
 	}
 }
 
 // AttentionBackward computes the gradients of AttentionTrainForward from its saved att:
-// with dp_s = dout·v_s and ds_s = att_s·(dp_s − Σ_s' att_s'·dp_s'),
-// dq_t += ds_s·k_s/sqrt(D), dk_s += ds_s·q_t/sqrt(D), dv_s += att_s·dout_t (all +=).
+// with dP = dout·Vᵀ and dS = P⊙(dP − rowsum(P⊙dP))/sqrt(D),
+// dq += dS·K, dk += dSᵀ·Q, dv += Pᵀ·dout (all +=).
 // dq (B, T, NH·D), dk (B, T, NKV·D), dv (B, T, NKV·D) or nil each; dout (B, T, NH·D),
 // att (B, NH, T, T), q (B, T, NH·D), k (B, T, NKV·D), v (B, T, NKV·D), seg nil or (B·T).
 // The work is split over (batch, KV head) pairs, so that the query heads that share a key/value
-// head add into dk and dv on one goroutine, in head order.
+// head add into dk and dv on one goroutine, in head order. The products run through the packed
+// GEMM a block of attnBlock rows at a time, skipping the masked upper blocks.
 func (be *Backend) AttentionBackward(dq, dk, dv, dout, att, q, k, v backend.Buffer, seg []int, B, T, NH, NKV, D int) {
 	dqs, dks, dvs := data(dq), data(dk), data(dv)
 	dos, as, qs, ks, vs := data(dout), data(att), data(q), data(k), data(v)
@@ -417,72 +406,67 @@ func (be *Backend) AttentionBackward(dq, dk, dv, dout, att, q, k, v backend.Buff
 	}
 	attnCheck("AttentionBackward", seg, B, T, NH, NKV)
 	t := attnBwdArgs.get()
-	*t = attnBwd{dq: dqs, dk: dks, dv: dvs, dout: dos, att: as, q: qs, k: ks, v: vs, seg: seg, T: T, NH: NH, NKV: NKV, D: D}
+	*t = attnBwd{dq: dqs, dk: dks, dv: dvs, dout: dos, att: as, q: qs, k: ks, v: vs, T: T, NH: NH, NKV: NKV, D: D}
 	// Causal: only the pairs s ≤ t, half of the T×T.
 	forRange(B*NKV, 1, be.workers(B*NH*T*(T+1)/2*4*D), t)
 	attnBwdArgs.put(t)
 }
 
 // attnBwd is AttentionBackward's loop body over (batch, KV head) pairs bk = b·NKV + kh.
+// (The segment mask needs no work here: masked probabilities are exactly 0, so their dS is 0.)
 type attnBwd struct {
 	dq, dk, dv, dout, att, q, k, v []float32 // shapes as in AttentionBackward
-	seg                            []int     // (B·T) or nil
 	T, NH, NKV, D                  int
 }
 
 var attnBwdArgs argPool[attnBwd]
 
 func (a *attnBwd) run(lo, hi int) {
-	T, NH, NKV, D, seg := a.T, a.NH, a.NKV, a.D, a.seg
-	dqs, dks, dvs := a.dq, a.dk, a.dv
+	T, NH, NKV, D := a.T, a.NH, a.NKV, a.D
 	groups := NH / NKV
 	scale := float32(1 / math.Sqrt(float64(D)))
-	dsp := getF32(T)
-	ds := *dsp // (T,) score gradients of one query row
+	dsp := getF32(T * T)
+	dS := *dsp // (T, T) dP, then dS, of one head; row t valid in columns [0, t]
 	for bk := lo; bk < hi; bk++ {
 		b, kh := bk/NKV, bk%NKV
+		km := a.k[(b*T)*NKV*D+kh*D:] // K (T, D), row stride NKV·D
+		vm := a.v[(b*T)*NKV*D+kh*D:] // V (T, D), row stride NKV·D
 		for h := kh * groups; h < (kh+1)*groups; h++ {
-			for t := 0; t < T; t++ {
-				qo := (b*T+t)*NH*D + h*D
-				qv := a.q[qo : qo+D]                                 // (D,)
-				gv := a.dout[qo : qo+D]                              // (D,) dout
-				ar := a.att[((b*NH+h)*T+t)*T : ((b*NH+h)*T+t)*T+t+1] // (t+1,) visible part
-				// dp_s = dout·v_s; ds_s = p_s·(dp_s − Σ p·dp)
-				var pdp float32
-				for s := range ar {
-					ds[s] = 0
-					if seg != nil && seg[b*T+s] != seg[b*T+t] {
-						continue
+			qm := a.q[(b*T)*NH*D+h*D:]                 // Q (T, D), row stride NH·D
+			gm := a.dout[(b*T)*NH*D+h*D:]              // dout (T, D), row stride NH·D
+			pm := a.att[(b*NH+h)*T*T : (b*NH+h+1)*T*T] // P (T, T)
+			for i0 := 0; i0 < T; i0 += attnBlock {
+				i1 := min(T, i0+attnBlock)
+				// dP[i0:i1, 0:i1] = dout[i0:i1]·V[0:i1]ᵀ
+				gemm.Mul(nil, 1, dS[i0*T:], T, gemm.Mat{D: gm[i0*NH*D:], RS: NH * D, CS: 1},
+					gemm.Mat{D: vm, RS: 1, CS: NKV * D}, i1-i0, i1, D, false)
+				for t := i0; t < i1; t++ {
+					p := pm[t*T : t*T+t+1] // (t+1,)
+					g := dS[t*T : t*T+i1]  // (i1,) dP, then dS
+					pdp := vec.Dot(p, g)   // Σ_s P·dP
+					for s, ps := range p {
+						g[s] = ps * (g[s] - pdp) * scale
 					}
-					vo := (b*T+s)*NKV*D + kh*D
-					ds[s] = dot1(gv, a.v[vo:vo+D])
-					pdp += ar[s] * ds[s]
+					clear(g[t+1:])
 				}
-				for s, p := range ar {
-					if seg != nil && seg[b*T+s] != seg[b*T+t] {
-						continue
-					}
-					ko := (b*T+s)*NKV*D + kh*D
-					g := p * (ds[s] - pdp) * scale // ∂L/∂(q·k) including the 1/sqrt(D)
-					if dqs != nil {
-						kv := a.k[ko : ko+D]  // (D,)
-						dqv := dqs[qo : qo+D] // (D,)
-						for d, x := range kv {
-							dqv[d] += g * x
-						}
-					}
-					if dks != nil {
-						dkv := dks[ko : ko+D] // (D,)
-						for d, x := range qv {
-							dkv[d] += g * x
-						}
-					}
-					if dvs != nil {
-						dvv := dvs[ko : ko+D] // (D,)
-						for d, x := range gv {
-							dvv[d] += p * x
-						}
-					}
+				if a.dq != nil {
+					// dq[i0:i1] += dS[i0:i1, 0:i1]·K[0:i1]
+					gemm.Mul(nil, 1, a.dq[(b*T+i0)*NH*D+h*D:], NH*D, gemm.Mat{D: dS[i0*T:], RS: T, CS: 1},
+						gemm.Mat{D: km, RS: NKV * D, CS: 1}, i1-i0, D, i1, true)
+				}
+			}
+			// Column blocks [j0, j1) of dS and P: rows j0..T−1 hold them (rows above are masked).
+			for j0 := 0; j0 < T; j0 += attnBlock {
+				j1 := min(T, j0+attnBlock)
+				if a.dk != nil {
+					// dk[j0:j1] += dS[j0:T, j0:j1]ᵀ·Q[j0:T]
+					gemm.Mul(nil, 1, a.dk[(b*T+j0)*NKV*D+kh*D:], NKV*D, gemm.Mat{D: dS[j0*T+j0:], RS: 1, CS: T},
+						gemm.Mat{D: qm[j0*NH*D:], RS: NH * D, CS: 1}, j1-j0, D, T-j0, true)
+				}
+				if a.dv != nil {
+					// dv[j0:j1] += P[j0:T, j0:j1]ᵀ·dout[j0:T]
+					gemm.Mul(nil, 1, a.dv[(b*T+j0)*NKV*D+kh*D:], NKV*D, gemm.Mat{D: pm[j0*T+j0:], RS: 1, CS: T},
+						gemm.Mat{D: gm[j0*NH*D:], RS: NH * D, CS: 1}, j1-j0, D, T-j0, true)
 				}
 			}
 		}
