@@ -54,10 +54,7 @@ type axpyBody struct {
 var axpyArgs argPool[axpyBody]
 
 func (a *axpyBody) run(lo, hi int) {
-	ys, xs, alpha := a.y[lo:hi], a.x[lo:hi], a.alpha
-	for i := range ys {
-		ys[i] += alpha * xs[i]
-	}
+	vec.Axpy(a.y[lo:hi], a.x[lo:hi], a.alpha)
 }
 
 // checkTargets panics unless every target is IgnoreIndex or in [0, V).
@@ -258,15 +255,37 @@ func (be *Backend) ropePos(op string, xs, inv []float32, pos []int, N, NH, D int
 	if len(pos) != N {
 		panic(fmt.Sprintf("cpu: %s: %d positions for %d rows", op, len(pos), N))
 	}
+	// The angles of every position 0..max(pos) once, when that is fewer than one per row:
+	// cos and sin of float32(p·invFreq[i]), the same values the rows would compute.
+	maxPos := 0
+	for _, p := range pos {
+		maxPos = max(maxPos, p)
+	}
+	var tab []float32 // (maxPos+1, 2, half): cos then sin
+	var tp *[]float32
+	if maxPos < N {
+		tp = getF32((maxPos + 1) * D)
+		tab = *tp
+		for p := 0; p <= maxPos; p++ {
+			for i, f := range inv[:half] {
+				theta := float64(float32(p) * f)
+				tab[p*D+i], tab[p*D+half+i] = float32(math.Cos(theta)), float32(math.Sin(theta))
+			}
+		}
+	}
 	t := ropeArgs.get()
-	*t = ropeBody{x: xs, inv: inv[:half], pos: pos, NH: NH, D: D, sign: sign}
-	forRange(N, 1, be.workers(N*(half*2*expCost+NH*D*3)), t)
+	*t = ropeBody{x: xs, inv: inv[:half], tab: tab, pos: pos, NH: NH, D: D, sign: sign}
+	forRange(N, 1, be.workers(N*NH*D*3), t)
 	ropeArgs.put(t)
+	if tp != nil {
+		putF32(tp)
+	}
 }
 
 // ropeBody is ropePos's loop body over rows.
 type ropeBody struct {
 	x, inv []float32 // (N, NH, D), (D/2)
+	tab    []float32 // (maxPos+1, D): cos, sin of every position's angles, or nil
 	pos    []int     // (N)
 	NH, D  int
 	sign   float32
@@ -277,16 +296,32 @@ var ropeArgs argPool[ropeBody]
 func (a *ropeBody) run(lo, hi int) {
 	NH, D := a.NH, a.D
 	half := D / 2
+	var stack [2 * 256]float32 // cos, sin of one row's angles when there is no table
+	cs := stack[:]
+	if half > 256 {
+		cs = make([]float32, 2*half)
+	}
 	for n := lo; n < hi; n++ {
-		p := float32(a.pos[n])
+		var cosv, sinv []float32 // (half,)
+		if a.tab != nil {
+			p := a.pos[n]
+			cosv, sinv = a.tab[p*D:p*D+half], a.tab[p*D+half:p*D+D]
+		} else {
+			cosv, sinv = cs[:half], cs[half:2*half]
+			p := float32(a.pos[n])
+			for i, f := range a.inv {
+				theta := float64(p * f)
+				cosv[i], sinv[i] = float32(math.Cos(theta)), float32(math.Sin(theta))
+			}
+		}
 		row := a.x[n*NH*D : (n+1)*NH*D] // (NH, D)
-		for i, f := range a.inv {
-			theta := float64(p * f)
-			c, s := float32(math.Cos(theta)), a.sign*float32(math.Sin(theta))
-			for h := 0; h < NH; h++ {
-				x0, x1 := row[h*D+i], row[h*D+i+half]
-				row[h*D+i] = x0*c - x1*s
-				row[h*D+i+half] = x1*c + x0*s
+		for h := 0; h < NH; h++ {
+			x0s, x1s := row[h*D:h*D+half], row[h*D+half:h*D+D]
+			for i, c := range cosv {
+				s := a.sign * sinv[i]
+				x0, x1 := x0s[i], x1s[i]
+				x0s[i] = x0*c - x1*s
+				x1s[i] = x1*c + x0*s
 			}
 		}
 	}
@@ -475,7 +510,7 @@ func (a *attnBwd) run(lo, hi int) {
 }
 
 // SwiGLUBackward computes dgate += dout·up·silu'(gate) and dup += dout·silu(gate), with the
-// sigmoid in float64. dgate (N) or nil, dup (N) or nil, dout (N), gate (N), up (N).
+// sigmoid in float32 from vec's exponential (the same values as SwiGLUForward's). dgate (N) or nil, dup (N) or nil, dout (N), gate (N), up (N).
 func (be *Backend) SwiGLUBackward(dgate, dup, dout, gate, up backend.Buffer, N int) {
 	dg, du, do, g, u := data(dgate), data(dup), data(dout), data(gate), data(up)
 	need("SwiGLUBackward", "dout", do, N)
@@ -499,22 +534,22 @@ type swigluBwd struct{ dg, du, do, g, u []float32 } // (N) each, dg and du may b
 var swigluBwdArgs argPool[swigluBwd]
 
 func (a *swigluBwd) run(lo, hi int) {
-	do, g, u := a.do[lo:hi], a.g[lo:hi], a.u[lo:hi]
-	var dg, du []float32
-	if a.dg != nil {
-		dg = a.dg[lo:hi]
-	}
-	if a.du != nil {
-		du = a.du[lo:hi]
-	}
-	for i := range do {
-		gi := float64(g[i])
-		sig := 1 / (1 + math.Exp(-gi))
-		if dg != nil {
-			dg[i] += do[i] * u[i] * float32(sig*(1+gi*(1-sig)))
+	var sig [actChunk]float32
+	for c0 := lo; c0 < hi; c0 += actChunk {
+		c1 := min(hi, c0+actChunk)
+		do, g, u := a.do[c0:c1], a.g[c0:c1], a.u[c0:c1]
+		sigmoidChunk(&sig, g)
+		if a.dg != nil {
+			dg := a.dg[c0:c1]
+			for i, s := range sig[:len(g)] {
+				dg[i] += do[i] * u[i] * (s * (1 + g[i]*(1-s)))
+			}
 		}
-		if du != nil {
-			du[i] += do[i] * float32(gi*sig)
+		if a.du != nil {
+			du := a.du[c0:c1]
+			for i, s := range sig[:len(g)] {
+				du[i] += do[i] * (g[i] * s)
+			}
 		}
 	}
 }
