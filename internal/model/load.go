@@ -1,6 +1,7 @@
 package model
 
 import (
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"
@@ -91,11 +92,29 @@ func (m *Model) specs() []tensorSpec {
 	return s
 }
 
+// LoadOptions are the choices of LoadWith. The zero value is what Load does.
+type LoadOptions struct {
+	// KeepBF16 keeps the matrices that the checkpoint stores as BF16 (every Linear weight,
+	// embed_tokens, lm_head) in BF16 on the backend, half the memory of float32, when the
+	// backend implements backend.WeightStore; otherwise it has no effect. Vectors (norms,
+	// biases) and F32/F16 tensors are still converted to float32. The forward's results are
+	// bitwise those of Load: the backend widens BF16 exactly and computes in float32.
+	//
+	// BF16 weights are frozen: use KeepBF16 for inference and LoRA training, not for full
+	// fine-tuning (which writes the weights) nor with AddToWeight (merging an adapter).
+	KeepBF16 bool
+}
+
 // Load reads dir/config.json and the safetensors weights in dir (one file or an index with
 // shards), converts them to float32 (F32, BF16 and F16 are accepted) and uploads them to b.
 // Every tensor's shape is checked against the config; all missing tensors are reported in one
 // error. Tensors the model does not use (e.g. rotary_emb.inv_freq) are ignored.
 func Load(dir string, b backend.Backend) (*Model, error) {
+	return LoadWith(dir, b, LoadOptions{})
+}
+
+// LoadWith is Load with options (see LoadOptions).
+func LoadWith(dir string, b backend.Backend, opt LoadOptions) (*Model, error) {
 	cfg, err := LoadConfig(dir)
 	if err != nil {
 		return nil, err
@@ -109,7 +128,7 @@ func Load(dir string, b backend.Backend) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := m.loadWeights(ck, dir); err != nil {
+	if err := m.loadWeights(ck, dir, opt); err != nil {
 		m.Close()
 		return nil, err
 	}
@@ -117,7 +136,7 @@ func Load(dir string, b backend.Backend) (*Model, error) {
 }
 
 // loadWeights checks every expected tensor of ck, then converts and uploads them.
-func (m *Model) loadWeights(ck *safetensors.Checkpoint, dir string) error {
+func (m *Model) loadWeights(ck *safetensors.Checkpoint, dir string, opt LoadOptions) error {
 	specs := m.specs()
 	where := dir
 	if files := ck.Files(); len(files) == 1 {
@@ -169,7 +188,16 @@ func (m *Model) loadWeights(ck *safetensors.Checkpoint, dir string) error {
 	}
 
 	// Convert and upload.
+	ws, _ := m.be.(backend.WeightStore)
 	for _, s := range specs {
+		if info, _ := ck.Info(s.name); opt.KeepBF16 && ws != nil && info.DType == safetensors.BF16 && len(s.shape) == 2 {
+			buf, err := uploadBF16(ck, s.name, ws)
+			if err != nil {
+				return fmt.Errorf("%s: %w", where, err)
+			}
+			*s.dst = buf
+			continue
+		}
 		vals, err := ck.Float32(s.name) // (numel,)
 		if err != nil {
 			return fmt.Errorf("%s: read %s: %w", where, s.name, err)
@@ -184,4 +212,22 @@ func (m *Model) loadWeights(ck *safetensors.Checkpoint, dir string) error {
 		m.lmHead = m.embed
 	}
 	return nil
+}
+
+// uploadBF16 copies the raw bfloat16 bits of tensor name from the checkpoint into a new BF16
+// buffer of ws.
+func uploadBF16(ck *safetensors.Checkpoint, name string, ws backend.WeightStore) (backend.Buffer, error) {
+	raw, err := ck.Bytes(name) // little-endian bfloat16, a view of the mapped file
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	bits := make([]uint16, len(raw)/2) // (numel,)
+	for i := range bits {
+		bits[i] = binary.LittleEndian.Uint16(raw[2*i:])
+	}
+	buf := ws.AllocWeight(len(bits), backend.BF16)
+	if err := ws.UploadBF16(buf, bits); err != nil {
+		return nil, fmt.Errorf("upload %s: %w", name, err)
+	}
+	return buf, nil
 }

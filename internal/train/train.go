@@ -100,7 +100,9 @@ func (j *job) setup() error {
 	if j.tok, err = tokenizer.Open(c.Model.Path); err != nil {
 		return err
 	}
-	if j.m, err = model.Load(c.Model.Path, cpu.New()); err != nil {
+	// LoRA leaves the base frozen: BF16 checkpoints stay BF16 in memory (half the bytes, the
+	// same results as widening them). Full fine-tuning trains fp32 copies.
+	if j.m, err = model.LoadWith(c.Model.Path, cpu.New(), model.LoadOptions{KeepBF16: c.LoRA.Method == "lora"}); err != nil {
 		return err
 	}
 	mc := j.m.Config()

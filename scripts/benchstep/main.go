@@ -4,10 +4,15 @@
 //
 //	go run ./scripts/benchstep -shape stories15m -threads 2 -warmup 2 -steps 3
 //
-// The model (config.json + model.safetensors, F32, HF Llama names, every matrix drawn from
+// The model (config.json + model.safetensors, HF Llama names, every matrix drawn from
 // N(0, 0.02²), norms 1, tied embeddings) is written to a temporary folder by a child process
 // (this program run with -gen), so that generating the weights does not count in the peak RSS,
-// then loaded with model.Load on the cpu backend. LoRA (r 16 by default) goes on every Linear of
+// then loaded on the cpu backend. With -dtype f32 (the default) the file stores F32 and
+// model.Load converts nothing; with -dtype bf16 every tensor is stored as BF16 (as Hugging Face
+// checkpoints are; the values are the F32 draws rounded to nearest even) and the model is loaded
+// with model.LoadWith(KeepBF16): the frozen matrices stay BF16 in memory (half the bytes) and
+// are widened inside the GEMM's packing, norms are converted to F32, and the LoRA weights, the
+// activations and all arithmetic stay F32. LoRA (r 16 by default) goes on every Linear of
 // every block (all-linear), initialised as PEFT does. One step is what internal/train runs:
 // ZeroGrads, ForwardBackward over batch × seq tokens (gradient scale 1/targets), SyncGrads,
 // ClipGlobalNorm(1.0), AdamW.Step, SyncParams.
@@ -73,6 +78,7 @@ var shapes = map[string]shape{
 
 type options struct {
 	shape      string
+	dtype      string // f32 or bf16: how the frozen weights are stored and kept
 	threads    int
 	warmup     int
 	steps      int
@@ -128,6 +134,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("benchstep", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.shape, "shape", "stories15m", "model shape: stories15m or smollm135m")
+	fs.StringVar(&o.dtype, "dtype", "f32", "frozen base weights: f32, or bf16 (stored as BF16 and kept BF16 in memory)")
 	fs.IntVar(&o.threads, "threads", 2, "worker threads of the cpu backend (GOMAXPROCS is set to at least this)")
 	fs.IntVar(&o.warmup, "warmup", 2, "untimed steps first")
 	fs.IntVar(&o.steps, "steps", 3, "timed steps")
@@ -152,11 +159,14 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if !ok {
 		return fmt.Errorf("unknown -shape %q (want stories15m or smollm135m)", o.shape)
 	}
+	if o.dtype != "f32" && o.dtype != "bf16" {
+		return fmt.Errorf("unknown -dtype %q (want f32 or bf16)", o.dtype)
+	}
 	if o.threads < 1 || o.steps < 1 || o.warmup < 0 || o.batch < 1 || o.seq < 2 || o.r < 1 {
 		return errors.New("-threads, -steps, -batch, -r must be ≥ 1, -seq ≥ 2, -warmup ≥ 0")
 	}
 	if o.gen != "" {
-		return writeModel(o.gen, sh, o.seq, o.seed)
+		return writeModel(o.gen, sh, o.seq, o.seed, o.dtype)
 	}
 
 	dir := o.keep
@@ -185,8 +195,8 @@ func genChild(dir string, o options, stderr io.Writer) error {
 	if _, err := os.Stat(filepath.Join(dir, "model.safetensors")); err == nil && o.keep != "" {
 		if b, err := os.ReadFile(filepath.Join(dir, "config.json")); err == nil {
 			var c synth.LlamaConfig
-			if json.Unmarshal(b, &c) == nil && reflect.DeepEqual(c, configFor(shapes[o.shape], o.seq)) {
-				return nil // the kept model of this shape
+			if json.Unmarshal(b, &c) == nil && reflect.DeepEqual(c, configFor(shapes[o.shape], o.seq, o.dtype)) {
+				return nil // the kept model of this shape and dtype
 			}
 		}
 	}
@@ -195,7 +205,7 @@ func genChild(dir string, o options, stderr io.Writer) error {
 		return err
 	}
 	cmd := exec.Command(exe, "-gen", dir, "-shape", o.shape, "-seq", strconv.Itoa(o.seq),
-		"-seed", strconv.FormatUint(o.seed, 10))
+		"-seed", strconv.FormatUint(o.seed, 10), "-dtype", o.dtype)
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("generate the model in %s: %w", dir, err)
@@ -203,21 +213,26 @@ func genChild(dir string, o options, stderr io.Writer) error {
 	return nil
 }
 
-// configFor is the config.json of the benchmark model of shape s.
-func configFor(s shape, seq int) synth.LlamaConfig {
-	return s.llama().Config(max(seq, 2048), 0.02)
+// configFor is the config.json of the benchmark model of shape s stored as dtype.
+func configFor(s shape, seq int, dtype string) synth.LlamaConfig {
+	c := s.llama().Config(max(seq, 2048), 0.02)
+	if dtype == "bf16" {
+		c.TorchDType = "bfloat16"
+	}
+	return c
 }
 
 func (s shape) llama() synth.LlamaShape {
 	return synth.LlamaShape{Dim: s.Dim, Layers: s.Layers, Heads: s.Heads, KVHeads: s.KV, Hidden: s.FFN, Vocab: s.Vocab}
 }
 
-// writeModel writes config.json and model.safetensors (F32, tied lm_head not stored).
-func writeModel(dir string, s shape, seq int, seed uint64) error {
+// writeModel writes config.json and model.safetensors (F32, or every tensor BF16 for dtype
+// bf16; tied lm_head not stored).
+func writeModel(dir string, s shape, seq int, seed uint64, dtype string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	cb, err := json.MarshalIndent(configFor(s, seq), "", "  ")
+	cb, err := json.MarshalIndent(configFor(s, seq, dtype), "", "  ")
 	if err != nil {
 		return err
 	}
@@ -227,6 +242,19 @@ func writeModel(dir string, s shape, seq int, seed uint64) error {
 	ts, _, err := synth.LlamaTensors(s.llama(), 0.02, seed)
 	if err != nil {
 		return err
+	}
+	if dtype == "bf16" {
+		for i := range ts {
+			v, err := safetensors.DecodeFloat32(ts[i].DType, ts[i].Data) // (numel,)
+			if err != nil {
+				return err
+			}
+			ts[i].Data = nil // let the F32 bytes go before the BF16 copy is made
+			if ts[i].Data, err = safetensors.EncodeFloat32(safetensors.BF16, v); err != nil {
+				return err
+			}
+			ts[i].DType = safetensors.BF16
+		}
 	}
 	return safetensors.Write(filepath.Join(dir, "model.safetensors"), ts, map[string]string{"format": "pt"})
 }
@@ -276,7 +304,7 @@ func bench(dir string, sh shape, o options) (*Result, error) {
 	}
 	be := cpu.New()
 	be.SetThreads(o.threads)
-	m, err := model.Load(dir, be)
+	m, err := model.LoadWith(dir, be, model.LoadOptions{KeepBF16: o.dtype == "bf16"})
 	if err != nil {
 		return nil, err
 	}
@@ -324,7 +352,11 @@ func bench(dir string, sh shape, o options) (*Result, error) {
 	runtime.GC()
 	debug.FreeOSMemory()
 	stepRSS := resetHWM()
-	res := &Result{Impl: "loractl", Shape: sh.Name, DType: "fp32", Threads: o.threads, Batch: o.batch,
+	dtype := "fp32"
+	if o.dtype == "bf16" {
+		dtype = "bf16" // frozen weights in BF16; LoRA, activations and arithmetic in F32
+	}
+	res := &Result{Impl: "loractl", Shape: sh.Name, DType: dtype, Threads: o.threads, Batch: o.batch,
 		Seq: o.seq, R: o.r, Warmup: o.warmup, Steps: o.steps, Params: mc.NumParams(),
 		Trainable: eng.NumTrainable(), PeakGFLOPS: o.peakGFLOPS, LnVocab: math.Log(float64(mc.VocabSize))}
 	first := true

@@ -62,7 +62,7 @@ func TestBenchTiny(t *testing.T) {
 	shapes["tiny"] = shape{Name: "tiny", Dim: 32, Layers: 2, Heads: 4, KV: 2, FFN: 64, Vocab: 100}
 	defer delete(shapes, "tiny")
 	dir := t.TempDir()
-	if err := writeModel(dir, shapes["tiny"], 16, 1); err != nil {
+	if err := writeModel(dir, shapes["tiny"], 16, 1, "f32"); err != nil {
 		t.Fatal(err)
 	}
 	var out, errb bytes.Buffer
@@ -80,5 +80,47 @@ func TestBenchTiny(t *testing.T) {
 	}
 	if math.Abs(r.LossFirst-math.Log(100)) > 0.1 {
 		t.Errorf("first loss %g, want about ln 100 = %g", r.LossFirst, math.Log(100))
+	}
+}
+
+// TestBenchTinyBF16 runs the benchmark with -dtype bf16 on a tiny shape and checks that keeping
+// the frozen weights in BF16 changes nothing but memory: on the same BF16 checkpoint, a LoRA
+// training step sequence gives bitwise the same losses whether the weights are converted to F32
+// at load or kept in BF16.
+func TestBenchTinyBF16(t *testing.T) {
+	shapes["tiny"] = shape{Name: "tiny", Dim: 32, Layers: 2, Heads: 4, KV: 2, FFN: 64, Vocab: 100}
+	defer delete(shapes, "tiny")
+	dir := t.TempDir()
+	if err := writeModel(dir, shapes["tiny"], 16, 1, "bf16"); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-shape", "tiny", "-seq", "16", "-batch", "2", "-r", "4", "-warmup", "1",
+		"-steps", "2", "-threads", "2", "-model-dir", dir, "-dtype", "bf16"}
+	var out, errb bytes.Buffer
+	// The kept model matches shape and dtype: no child process is started.
+	if err := run(args, &out, &errb); err != nil {
+		t.Fatalf("%v\n%s", err, errb.String())
+	}
+	var r Result
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if r.DType != "bf16" || r.TokensPerS <= 0 || math.Abs(r.LossFirst-math.Log(100)) > 0.1 {
+		t.Errorf("bad result %+v", r)
+	}
+
+	// The same BF16 checkpoint converted to F32 at load (bench with the f32 loader).
+	o := options{shape: "tiny", dtype: "f32", threads: 2, warmup: 1, steps: 2, batch: 2, seq: 16, r: 4,
+		alpha: 32, lr: 2e-4, seed: 1, dataSeed: 1234, peakGFLOPS: 1}
+	r32, err := bench(dir, shapes["tiny"], o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r32.LossFirst != r.LossFirst || r32.LossLast != r.LossLast {
+		t.Errorf("losses with BF16 weights kept %v, %v; converted to F32 %v, %v: want them bitwise equal",
+			r.LossFirst, r.LossLast, r32.LossFirst, r32.LossLast)
+	}
+	if r.LossLast == r.LossFirst {
+		t.Error("the loss did not move: the steps are not training")
 	}
 }

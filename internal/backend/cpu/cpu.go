@@ -1,7 +1,9 @@
 // Package cpu is the reference backend: plain Go loops over float32 slices, written to be read.
 // Every other backend is checked against it op by op. Matrix multiplication (sgemm.go) is
 // cache-blocked; it and the larger loops are split across the persistent worker pool of
-// pool.go, so that each output is summed by one goroutine in a fixed order.
+// pool.go, so that each output is summed by one goroutine in a fixed order. Frozen weights may
+// be kept as bfloat16 bits (backend.WeightStore, bf16.go); the ops that read them widen exactly
+// and compute in float32.
 package cpu
 
 import (
@@ -9,18 +11,36 @@ import (
 	"runtime"
 
 	"github.com/loractl/loractl/internal/backend"
+	"github.com/loractl/loractl/internal/backend/cpu/gemm"
 )
 
-// Buffer is the CPU backend's storage: a float32 slice in ordinary memory.
+// Buffer is the CPU backend's storage: a float32 slice in ordinary memory, or, for a frozen
+// weight allocated with AllocWeight(n, backend.BF16), a slice of bfloat16 bits (bf16.go).
 type Buffer struct {
-	data []float32 // (n,)
+	data []float32 // (n,) F32 storage
+	h    []uint16  // (n,) BF16 storage; non-nil only for a BF16 buffer, whose data is nil
 }
 
-// Len returns the number of float32 elements in b.
-func (b *Buffer) Len() int { return len(b.data) }
+// Len returns the number of elements in b.
+func (b *Buffer) Len() int {
+	if b.h != nil {
+		return len(b.h)
+	}
+	return len(b.data)
+}
 
-// Data returns the elements of b. The slice aliases b's storage.
-func (b *Buffer) Data() []float32 { return b.data }
+// Data returns the elements of an F32 buffer. The slice aliases b's storage. It panics for a
+// BF16 buffer (see BF16).
+func (b *Buffer) Data() []float32 {
+	if b.h != nil {
+		panic("cpu: Data of a BF16 buffer; use BF16 for its bits or Backend.Download for float32 values")
+	}
+	return b.data
+}
+
+// BF16 returns the bfloat16 bits of a BF16 buffer (aliasing its storage), or nil for an F32
+// buffer.
+func (b *Buffer) BF16() []uint16 { return b.h }
 
 // Backend is the pure-Go CPU backend. Its zero value is not usable; call New.
 // A Backend is safe for concurrent use by multiple goroutines, as long as they do not write
@@ -74,12 +94,16 @@ func (be *Backend) Copy(dst backend.Buffer, dstOff int, src backend.Buffer, srcO
 // Free drops the reference to b's storage; the garbage collector reclaims it.
 func (be *Backend) Free(b backend.Buffer) {
 	if cb, ok := b.(*Buffer); ok {
-		cb.data = nil
+		cb.data, cb.h = nil, nil
 	}
 }
 
-// Upload copies src into dst.
+// Upload copies src into dst. A BF16 buffer is an error: use UploadBF16 (rounding float32 to
+// bfloat16 here would change the weights silently).
 func (be *Backend) Upload(dst backend.Buffer, src []float32) error {
+	if isBF16(dst) {
+		return fmt.Errorf("cpu: Upload: the buffer holds BF16 weights; upload their bits with UploadBF16")
+	}
 	d := data(dst)
 	if len(d) != len(src) {
 		return fmt.Errorf("cpu: Upload: buffer holds %d elements, source has %d", len(d), len(src))
@@ -88,9 +112,16 @@ func (be *Backend) Upload(dst backend.Buffer, src []float32) error {
 	return nil
 }
 
-// Download copies src into dst.
+// Download copies src into dst; a BF16 buffer is widened to float32, exactly.
 func (be *Backend) Download(dst []float32, src backend.Buffer) error {
-	s := data(src)
+	s, h := weight(src)
+	if h != nil {
+		if len(h) != len(dst) {
+			return fmt.Errorf("cpu: Download: buffer holds %d elements, destination has %d", len(h), len(dst))
+		}
+		gemm.Widen(dst, h)
+		return nil
+	}
 	if len(s) != len(dst) {
 		return fmt.Errorf("cpu: Download: buffer holds %d elements, destination has %d", len(s), len(dst))
 	}
@@ -98,8 +129,22 @@ func (be *Backend) Download(dst []float32, src backend.Buffer) error {
 	return nil
 }
 
-// data returns the slice behind a CPU buffer; nil stays nil (an absent bias).
+// data returns the slice behind an F32 CPU buffer; nil stays nil (an absent bias). A BF16
+// buffer panics, naming the op that was given it: only the ops that say so accept one (see
+// weight).
 func data(b backend.Buffer) []float32 {
+	cb := cpuBuffer(b)
+	if cb == nil {
+		return nil
+	}
+	if cb.h != nil {
+		panic(bf16Misuse())
+	}
+	return cb.data
+}
+
+// cpuBuffer returns b as a CPU buffer (nil for nil), panicking for another backend's buffer.
+func cpuBuffer(b backend.Buffer) *Buffer {
 	if b == nil {
 		return nil
 	}
@@ -107,16 +152,16 @@ func data(b backend.Buffer) []float32 {
 	if !ok {
 		panic(fmt.Sprintf("cpu: got a %T buffer, which another backend allocated", b))
 	}
-	if cb == nil {
-		return nil
-	}
-	return cb.data
+	return cb
 }
 
 // need checks that a buffer argument holds at least n elements.
-func need(op, name string, s []float32, n int) {
-	if len(s) < n {
-		panic(fmt.Sprintf("cpu: %s: %s has %d elements, the dimensions need %d", op, name, len(s), n))
+func need(op, name string, s []float32, n int) { needN(op, name, len(s), n) }
+
+// needN checks that a buffer argument of `have` elements holds at least n.
+func needN(op, name string, have, n int) {
+	if have < n {
+		panic(fmt.Sprintf("cpu: %s: %s has %d elements, the dimensions need %d", op, name, have, n))
 	}
 }
 

@@ -4,15 +4,23 @@ import (
 	"math"
 
 	"github.com/loractl/loractl/internal/backend"
+	"github.com/loractl/loractl/internal/backend/cpu/gemm"
 )
 
 // EmbeddingForward gathers table rows: out[n, :] = table[tokens[n], :].
-// out (N, C), table (V, C), N = len(tokens).
+// out (N, C), table (V, C) F32 or BF16 (rows widened exactly), N = len(tokens).
 func (be *Backend) EmbeddingForward(out, table backend.Buffer, tokens []int, C int) {
-	o, tab := data(out), data(table)
+	o := data(out)
+	tab, tabh := weight(table)
 	N := len(tokens)
 	need("EmbeddingForward", "out", o, N*C)
-	checkTokens("EmbeddingForward", tokens, tab, C)
+	checkTokensN("EmbeddingForward", tokens, weightLen(tab, tabh), C)
+	if tabh != nil {
+		for n, id := range tokens {
+			gemm.Widen(o[n*C:(n+1)*C], tabh[id*C:(id+1)*C])
+		}
+		return
+	}
 	for n, id := range tokens {
 		copy(o[n*C:(n+1)*C], tab[id*C:(id+1)*C])
 	}
@@ -21,9 +29,14 @@ func (be *Backend) EmbeddingForward(out, table backend.Buffer, tokens []int, C i
 // checkTokens panics if a token id is outside the V = len(table)/C rows of table; the caller
 // (the model, the engine) validates user input, so this is a programming error.
 func checkTokens(op string, tokens []int, table []float32, C int) {
+	checkTokensN(op, tokens, len(table), C)
+}
+
+// checkTokensN is checkTokens for a table of n elements.
+func checkTokensN(op string, tokens []int, n, C int) {
 	V := 0
 	if C > 0 {
-		V = len(table) / C
+		V = n / C
 	}
 	for _, id := range tokens {
 		if id < 0 || id >= V {

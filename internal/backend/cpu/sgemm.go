@@ -15,24 +15,26 @@ import (
 // (generation) or inside a long sequence (prefill, evaluation), and for any thread count.
 
 // MatMulForward computes out = x · wᵀ + bias.
-// out (N, OC), x (N, C), w (OC, C), bias (OC) or nil.
+// out (N, OC), x (N, C), w (OC, C) F32 or BF16, bias (OC) or nil.
 func (be *Backend) MatMulForward(out, x, w, bias backend.Buffer, N, C, OC int) {
-	o, xs, ws, bs := data(out), data(x), data(w), data(bias)
+	o, xs, bs := data(out), data(x), data(bias)
+	wf, wh := weight(w)
 	need("MatMulForward", "out", o, N*OC)
 	need("MatMulForward", "x", xs, N*C)
-	need("MatMulForward", "w", ws, OC*C)
+	needN("MatMulForward", "w", weightLen(wf, wh), OC*C)
 	if bs != nil {
 		need("MatMulForward", "bias", bs, OC)
 	}
-	be.sgemmNT(o, xs, ws, bs, N, C, OC)
+	be.sgemmNT(o, xs, matView(wf, wh, C, true), bs, N, C, OC)
 }
 
-// sgemmNT computes y = x · wᵀ (+ bias): y (N, M), x (N, K), w (M, K), bias (M) or nil.
-func (be *Backend) sgemmNT(y, x, w, bias []float32, N, K, M int) {
+// sgemmNT computes y = x · wᵀ (+ bias): y (N, M), x (N, K), w (M, K) as the view of its
+// transpose, bias (M) or nil.
+func (be *Backend) sgemmNT(y, x []float32, wT gemm.Mat, bias []float32, N, K, M int) {
 	if N == 0 || M == 0 {
 		return
 	}
-	gemm.Mul(parallelFor, be.workers(N*K*M), y, M, gemm.RowMajor(x, K), gemm.Transposed(w, K), N, M, K, false)
+	gemm.Mul(parallelFor, be.workers(N*K*M), y, M, gemm.RowMajor(x, K), wT, N, M, K, false)
 	if bias != nil {
 		bias = bias[:M]
 		for n := 0; n < N; n++ {
@@ -46,17 +48,20 @@ func (be *Backend) sgemmNT(y, x, w, bias []float32, N, K, M int) {
 
 // MatMulBackward computes, for y = x·wᵀ + bias,
 // dx (N, C) += dy·w, dw (OC, C) += dyᵀ·x, dbias (OC) += Σ_n dy[n, :]; nil outputs are skipped.
-// dy (N, OC), x (N, C), w (OC, C).
+// dy (N, OC), x (N, C), w (OC, C) F32 or BF16; a BF16 w is frozen, so dw must be nil.
 // dx and dw follow the gemm package's summation order; dbias sums over n in order.
 func (be *Backend) MatMulBackward(dx, dw, dbias, dy, x, w backend.Buffer, N, C, OC int) {
 	dxs, dws, dbs, dys := data(dx), data(dw), data(dbias), data(dy)
 	need("MatMulBackward", "dy", dys, N*OC)
+	if dws != nil && isBF16(w) {
+		panic("cpu: MatMulBackward: dw requested for a BF16 weight; BF16 weights are frozen and get no gradient (load F32 weights to train them)")
+	}
 	if dxs != nil {
-		ws := data(w)
+		wf, wh := weight(w)
 		need("MatMulBackward", "dx", dxs, N*C)
-		need("MatMulBackward", "w", ws, OC*C)
+		needN("MatMulBackward", "w", weightLen(wf, wh), OC*C)
 		// dx (N, C) += dy (N, OC) · w (OC, C)
-		gemm.Mul(parallelFor, be.workers(N*C*OC), dxs, C, gemm.RowMajor(dys, OC), gemm.RowMajor(ws, C), N, C, OC, true)
+		gemm.Mul(parallelFor, be.workers(N*C*OC), dxs, C, gemm.RowMajor(dys, OC), matView(wf, wh, C, false), N, C, OC, true)
 	}
 	if dws != nil {
 		xs := data(x)

@@ -11,6 +11,10 @@
 // panels. So an element's value depends only on its own row of A, column of B, K and the kernel
 // set: not on M, N, the tile it falls in, or how the work is split between threads. A token
 // computed alone gives the same bits as inside a long sequence.
+//
+// An operand may be a view of bfloat16 bits (RowMajorBF16, TransposedBF16: a frozen weight kept
+// in BF16). It is widened to float32, exactly, while it is packed (bf16.go), so the product is
+// bitwise the product with the widened float32 matrix, under the same contract.
 package gemm
 
 import (
@@ -20,9 +24,13 @@ import (
 	"unsafe"
 )
 
-// Mat is a strided matrix view: element (r, c) is D[r*RS + c*CS].
+// Mat is a strided matrix view: element (r, c) is D[r*RS + c*CS]. A view whose D is nil is
+// backed by bfloat16 bits instead: element (r, c) is the float32 whose top 16 bits are
+// H[r*RS + c*CS] (bf16.go). Such an operand is widened, exactly, while it is packed, so a
+// product with a bfloat16 operand is bitwise the product with the widened float32 matrix.
 type Mat struct {
 	D      []float32
+	H      []uint16 // bfloat16 bits; used when D is nil
 	RS, CS int
 }
 
@@ -32,6 +40,31 @@ func RowMajor(d []float32, cols int) Mat { return Mat{D: d, RS: cols, CS: 1} }
 // Transposed returns the view of the transpose of a row-major matrix with `cols` columns:
 // element (r, c) of the view is d[c*cols + r].
 func Transposed(d []float32, cols int) Mat { return Mat{D: d, RS: 1, CS: cols} }
+
+// RowMajorBF16 is RowMajor over bfloat16 bits.
+func RowMajorBF16(h []uint16, cols int) Mat { return Mat{H: h, RS: cols, CS: 1} }
+
+// TransposedBF16 is Transposed over bfloat16 bits.
+func TransposedBF16(h []uint16, cols int) Mat { return Mat{H: h, RS: 1, CS: cols} }
+
+// bf16 reports whether v is backed by bfloat16 bits.
+func (v Mat) bf16() bool { return v.D == nil && v.H != nil }
+
+// size returns the number of stored elements behind v.
+func (v Mat) size() int {
+	if v.bf16() {
+		return len(v.H)
+	}
+	return len(v.D)
+}
+
+// at returns element i of v's storage as a float32.
+func (v Mat) at(i int) float32 {
+	if v.D == nil {
+		return BF16ToFloat32(v.H[i])
+	}
+	return v.D[i]
+}
 
 // kernelFunc computes the MR×NR tile c (row stride ldc elements) from the packed sliver a
 // (kc×MR, a[k*MR+i]) and the packed panel b (kc×NR, b[k*NR+j]), kc ≥ 1:
@@ -165,8 +198,8 @@ func checkView(name string, v Mat, rows, cols int) {
 	if rows == 0 || cols == 0 {
 		return
 	}
-	if v.RS < 0 || v.CS < 0 || (rows-1)*v.RS+(cols-1)*v.CS >= len(v.D) {
-		panic(fmt.Sprintf("gemm: %s view (%d×%d, strides %d, %d) exceeds its %d elements", name, rows, cols, v.RS, v.CS, len(v.D)))
+	if v.RS < 0 || v.CS < 0 || (rows-1)*v.RS+(cols-1)*v.CS >= v.size() {
+		panic(fmt.Sprintf("gemm: %s view (%d×%d, strides %d, %d) exceeds its %d elements", name, rows, cols, v.RS, v.CS, v.size()))
 	}
 }
 
@@ -225,14 +258,21 @@ func packA(dst []float32, a Mat, i0, mc, p0, kc, mr int) {
 		d := dst[s*mr*kc : (s+1)*mr*kc]
 		rows := min(mr, mc-s*mr)
 		r0 := i0 + s*mr
-		if a.CS == 1 {
+		switch {
+		case a.CS == 1 && a.bf16():
+			// Rows of A are contiguous bfloat16 streams: widen while transposing.
+			transposeWidenInto(d, mr, a.H, r0*a.RS+p0, a.RS, rows, kc)
+		case a.CS == 1:
 			// Rows of A are contiguous: read `rows` streams, write d in order.
 			var src [maxTile][]float32
 			for i := 0; i < rows; i++ {
 				src[i] = a.D[(r0+i)*a.RS+p0 : (r0+i)*a.RS+p0+kc]
 			}
 			transposeInto(d, src[:rows], kc, mr)
-		} else {
+		case a.RS == 1 && a.bf16():
+			// Columns of A are contiguous bfloat16 runs: widen one run per k.
+			widenRows(d, mr, a.H, r0+p0*a.CS, a.CS, kc, rows)
+		default:
 			for k := 0; k < kc; k++ {
 				base := r0*a.RS + (p0+k)*a.CS
 				dk := d[k*mr : k*mr+rows]
@@ -240,7 +280,7 @@ func packA(dst []float32, a Mat, i0, mc, p0, kc, mr int) {
 					copy(dk, a.D[base:base+rows])
 				} else {
 					for i := range dk {
-						dk[i] = a.D[base+i*a.RS]
+						dk[i] = a.at(base + i*a.RS)
 					}
 				}
 			}
@@ -260,14 +300,21 @@ func packB(dst []float32, b Mat, p0, kc, j0, nc, nr int) {
 		d := dst[p*nr*kc : (p+1)*nr*kc]
 		cols := min(nr, nc-p*nr)
 		c0 := j0 + p*nr
-		if b.RS == 1 {
+		switch {
+		case b.RS == 1 && b.bf16():
+			// Columns of B are contiguous bfloat16 streams (the NT form over a BF16 weight).
+			transposeWidenInto(d, nr, b.H, c0*b.CS+p0, b.CS, cols, kc)
+		case b.RS == 1:
 			// Columns of B are contiguous (B is a transposed row-major matrix).
 			var src [maxTile][]float32
 			for j := 0; j < cols; j++ {
 				src[j] = b.D[(c0+j)*b.CS+p0 : (c0+j)*b.CS+p0+kc]
 			}
 			transposeInto(d, src[:cols], kc, nr)
-		} else {
+		case b.CS == 1 && b.bf16():
+			// Rows of B are contiguous bfloat16 runs (the NN form over a BF16 weight).
+			widenRows(d, nr, b.H, p0*b.RS+c0, b.RS, kc, cols)
+		default:
 			for k := 0; k < kc; k++ {
 				base := (p0+k)*b.RS + c0*b.CS
 				dk := d[k*nr : k*nr+cols]
@@ -275,7 +322,7 @@ func packB(dst []float32, b Mat, p0, kc, j0, nc, nr int) {
 					copy(dk, b.D[base:base+cols])
 				} else {
 					for j := range dk {
-						dk[j] = b.D[base+j*b.CS]
+						dk[j] = b.at(base + j*b.CS)
 					}
 				}
 			}

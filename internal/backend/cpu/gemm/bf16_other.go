@@ -1,0 +1,11 @@
+//go:build !amd64
+
+package gemm
+
+// widenRowsSIMD does nothing here: the portable loop of widenRows does all the work.
+func widenRowsSIMD(d []float32, ldd int, h []uint16, off, lds, rows, cols int) int { return 0 }
+
+// transposeWidenSIMD does nothing here: the portable loop does all the work.
+func transposeWidenSIMD(d []float32, w int, h []uint16, off, stride, rows, kc int) (i8, k8 int) {
+	return 0, 0
+}
