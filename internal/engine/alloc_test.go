@@ -10,13 +10,10 @@ import (
 )
 
 // maxStepAllocs is the number of heap allocations a steady-state ForwardBackward may make on
-// the CPU backend. Buffers are sized on the first call; after that the engine and the backend's
-// ops reuse their scratch (the worker pool takes recycled argument structs, see
-// internal/backend/cpu/pool.go), and 0 is the goal. What remains are the closures that the
-// matrix-multiply routines (sgemm.go, MatMulBackward) hand to parallelFor, about one per GEMM
-// call: 176 per step for this model at the time of writing. Lower this to 0 when they move to
-// forRange with argPool bodies.
-const maxStepAllocs = 200
+// the CPU backend: none. Buffers are sized on the first call; after that the engine and the
+// backend's ops reuse their scratch, the worker pool takes recycled argument structs (see
+// internal/backend/cpu/pool.go) and the GEMM recycles its jobs and packing buffers.
+const maxStepAllocs = 0
 
 // TestForwardBackwardAllocs: after the first call, a LoRA micro-batch (with dropout, so the
 // host mask path runs) allocates nothing on the CPU backend, with and without gradient

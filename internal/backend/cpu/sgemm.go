@@ -34,7 +34,7 @@ func (be *Backend) sgemmNT(y, x []float32, wT gemm.Mat, bias []float32, N, K, M 
 	if N == 0 || M == 0 {
 		return
 	}
-	gemm.Mul(parallelFor, be.workers(N*K*M), y, M, gemm.RowMajor(x, K), wT, N, M, K, false)
+	gemm.Mul(gemmRun, be.workers(N*K*M), y, M, gemm.RowMajor(x, K), wT, N, M, K, false)
 	if bias != nil {
 		bias = bias[:M]
 		for n := 0; n < N; n++ {
@@ -61,14 +61,14 @@ func (be *Backend) MatMulBackward(dx, dw, dbias, dy, x, w backend.Buffer, N, C, 
 		need("MatMulBackward", "dx", dxs, N*C)
 		needN("MatMulBackward", "w", weightLen(wf, wh), OC*C)
 		// dx (N, C) += dy (N, OC) · w (OC, C)
-		gemm.Mul(parallelFor, be.workers(N*C*OC), dxs, C, gemm.RowMajor(dys, OC), matView(wf, wh, C, false), N, C, OC, true)
+		gemm.Mul(gemmRun, be.workers(N*C*OC), dxs, C, gemm.RowMajor(dys, OC), matView(wf, wh, C, false), N, C, OC, true)
 	}
 	if dws != nil {
 		xs := data(x)
 		need("MatMulBackward", "dw", dws, OC*C)
 		need("MatMulBackward", "x", xs, N*C)
 		// dw (OC, C) += dyᵀ (OC, N) · x (N, C)
-		gemm.Mul(parallelFor, be.workers(N*C*OC), dws, C, gemm.Transposed(dys, OC), gemm.RowMajor(xs, C), OC, C, N, true)
+		gemm.Mul(gemmRun, be.workers(N*C*OC), dws, C, gemm.Transposed(dys, OC), gemm.RowMajor(xs, C), OC, C, N, true)
 	}
 	if dbs != nil {
 		need("MatMulBackward", "dbias", dbs, OC)
@@ -90,3 +90,19 @@ func dot1(a, b []float32) float32 {
 	}
 	return s
 }
+
+// gemmRun is the gemm.Runner over the worker pool: the product's job rides in a recycled
+// argument struct, so a parallel GEMM allocates nothing.
+func gemmRun(n, align, workers int, body gemm.Body) {
+	t := gemmArgs.get()
+	t.b = body
+	forRange(n, align, workers, t)
+	gemmArgs.put(t)
+}
+
+// gemmBody adapts a gemm.Body to the pool's ranger.
+type gemmBody struct{ b gemm.Body }
+
+var gemmArgs argPool[gemmBody]
+
+func (g *gemmBody) run(lo, hi int) { g.b.Run(lo, hi) }

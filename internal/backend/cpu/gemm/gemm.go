@@ -155,10 +155,37 @@ func SetImpl(name string) (prev string, err error) {
 // Tile returns the register tile of the kernel set in use (rows, columns of C).
 func Tile() (mr, nr int) { return cur.mr, cur.nr }
 
-// Runner runs fn over [0, n) split into at most `workers` contiguous chunks whose bounds are
-// multiples of align (but the last), and returns when all are done. The CPU backend passes its
-// worker pool's parallelFor.
-type Runner func(n, align, workers int, fn func(lo, hi int))
+// Runner runs body.Run over [0, n) split into at most `workers` contiguous chunks whose bounds
+// are multiples of align (but the last), and returns when all are done. The CPU backend passes
+// its worker pool.
+type Runner func(n, align, workers int, body Body)
+
+// Body is the work a Runner splits: Run(lo, hi) does the chunk [lo, hi).
+type Body interface{ Run(lo, hi int) }
+
+// mulJob is one Mul split over the tiles of its larger dimension. Jobs are recycled, so a
+// product allocates nothing in the steady state.
+type mulJob struct {
+	ks     *kernels
+	c      []float32
+	ldc    int
+	a, b   Mat
+	m, n   int
+	k      int
+	acc    bool
+	byCols bool // chunks are columns [lo, hi) of C, else rows
+}
+
+var jobs = sync.Pool{New: func() any { return new(mulJob) }}
+
+// Run computes the chunk [lo, hi) of the job's rows or columns.
+func (j *mulJob) Run(lo, hi int) {
+	if j.byCols {
+		j.ks.block(j.c, j.ldc, j.a, j.b, j.k, 0, j.m, lo, hi, j.acc)
+	} else {
+		j.ks.block(j.c, j.ldc, j.a, j.b, j.k, lo, hi, 0, j.n, j.acc)
+	}
+}
 
 // Mul computes C (op)= A·B over rows [0, m) and columns [0, n) of C: C (m, n) with row stride
 // ldc, A (m, k) and B (k, n) as views. With acc the product is added to C, else it overwrites
@@ -186,11 +213,15 @@ func Mul(run Runner, workers int, c []float32, ldc int, a, b Mat, m, n, k int, a
 		ks.block(c, ldc, a, b, k, 0, m, 0, n, acc)
 		return
 	}
-	if n >= m {
-		run(n, ks.nr, workers, func(j0, j1 int) { ks.block(c, ldc, a, b, k, 0, m, j0, j1, acc) })
+	j := jobs.Get().(*mulJob)
+	*j = mulJob{ks: ks, c: c, ldc: ldc, a: a, b: b, m: m, n: n, k: k, acc: acc, byCols: n >= m}
+	if j.byCols {
+		run(n, ks.nr, workers, j)
 	} else {
-		run(m, ks.mr, workers, func(i0, i1 int) { ks.block(c, ldc, a, b, k, i0, i1, 0, n, acc) })
+		run(m, ks.mr, workers, j)
 	}
+	*j = mulJob{}
+	jobs.Put(j)
 }
 
 // checkView panics unless every element (r, c), r < rows, c < cols, of v lies in v.D.
@@ -263,12 +294,8 @@ func packA(dst []float32, a Mat, i0, mc, p0, kc, mr int) {
 			// Rows of A are contiguous bfloat16 streams: widen while transposing.
 			transposeWidenInto(d, mr, a.H, r0*a.RS+p0, a.RS, rows, kc)
 		case a.CS == 1:
-			// Rows of A are contiguous: read `rows` streams, write d in order.
-			var src [maxTile][]float32
-			for i := 0; i < rows; i++ {
-				src[i] = a.D[(r0+i)*a.RS+p0 : (r0+i)*a.RS+p0+kc]
-			}
-			transposeInto(d, src[:rows], kc, mr)
+			// Rows of A are contiguous: `rows` streams become the sliver.
+			transposeF32(d, mr, a.D, r0*a.RS+p0, a.RS, rows, kc)
 		case a.RS == 1 && a.bf16():
 			// Columns of A are contiguous bfloat16 runs: widen one run per k.
 			widenRows(d, mr, a.H, r0+p0*a.CS, a.CS, kc, rows)
@@ -306,11 +333,7 @@ func packB(dst []float32, b Mat, p0, kc, j0, nc, nr int) {
 			transposeWidenInto(d, nr, b.H, c0*b.CS+p0, b.CS, cols, kc)
 		case b.RS == 1:
 			// Columns of B are contiguous (B is a transposed row-major matrix).
-			var src [maxTile][]float32
-			for j := 0; j < cols; j++ {
-				src[j] = b.D[(c0+j)*b.CS+p0 : (c0+j)*b.CS+p0+kc]
-			}
-			transposeInto(d, src[:cols], kc, nr)
+			transposeF32(d, nr, b.D, c0*b.CS+p0, b.CS, cols, kc)
 		case b.CS == 1 && b.bf16():
 			// Rows of B are contiguous bfloat16 runs (the NN form over a BF16 weight).
 			widenRows(d, nr, b.H, p0*b.RS+c0, b.RS, kc, cols)
@@ -337,29 +360,6 @@ func packB(dst []float32, b Mat, p0, kc, j0, nc, nr int) {
 
 // maxTile bounds mr and nr of every kernel set.
 const maxTile = 32
-
-// transposeInto sets d[k*w + i] = src[i][k] for k < kc, i < len(src), four k at a time so
-// that every source stream is read in order and d is written in order.
-func transposeInto(d []float32, src [][]float32, kc, w int) {
-	n := len(src)
-	k := 0
-	for ; k+4 <= kc; k += 4 {
-		d0 := d[k*w : k*w+n]
-		d1 := d[(k+1)*w : (k+1)*w+n]
-		d2 := d[(k+2)*w : (k+2)*w+n]
-		d3 := d[(k+3)*w : (k+3)*w+n]
-		for i, s := range src {
-			s4 := s[k : k+4]
-			d0[i], d1[i], d2[i], d3[i] = s4[0], s4[1], s4[2], s4[3]
-		}
-	}
-	for ; k < kc; k++ {
-		dk := d[k*w : k*w+n]
-		for i, s := range src {
-			dk[i] = s[k]
-		}
-	}
-}
 
 // kernGo is the portable 4×8 micro-kernel.
 func kernGo(kc int, ap, bp, cp *float32, ldc int, acc int) {

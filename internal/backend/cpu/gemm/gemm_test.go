@@ -33,7 +33,7 @@ func forEachImpl(t *testing.T, f func(t *testing.T)) {
 
 // goRunner splits like the backend's parallelFor: chunks of whole align units, one goroutine
 // each.
-func goRunner(n, align, workers int, fn func(lo, hi int)) {
+func goRunner(n, align, workers int, body Body) {
 	units := (n + align - 1) / align
 	workers = min(workers, units)
 	var wg sync.WaitGroup
@@ -44,7 +44,7 @@ func goRunner(n, align, workers int, fn func(lo, hi int)) {
 			continue
 		}
 		wg.Add(1)
-		go func() { defer wg.Done(); fn(lo, hi) }()
+		go func() { defer wg.Done(); body.Run(lo, hi) }()
 	}
 	wg.Wait()
 }
