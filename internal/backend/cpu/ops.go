@@ -181,8 +181,8 @@ func (be *Backend) attentionHeads(o, qs, ks, vs []float32, B, T, S, pos0, NH, NK
 	putF32(sp)
 }
 
-// SwiGLUForward computes out = silu(gate) * up with silu(g) = g / (1 + exp(-g)) (in float64,
-// rounded to float32). out (N), gate (N), up (N); out may alias gate or up.
+// SwiGLUForward computes out = silu(gate) * up with silu(g) = g·σ(g), σ(g) = 1/(1 + exp(−g)) in
+// float32 from vec's exponential. out (N), gate (N), up (N); out may alias gate or up.
 func (be *Backend) SwiGLUForward(out, gate, up backend.Buffer, N int) {
 	o, g, u := data(out), data(gate), data(up)
 	need("SwiGLUForward", "out", o, N)
@@ -200,10 +200,14 @@ type swigluFwd struct{ o, g, u []float32 } // (N) each
 var swigluFwdArgs argPool[swigluFwd]
 
 func (a *swigluFwd) run(lo, hi int) {
-	o, g, u := a.o[lo:hi], a.g[lo:hi], a.u[lo:hi]
-	for i := range o {
-		gi := float64(g[i])
-		o[i] = float32(gi/(1+math.Exp(-gi))) * u[i]
+	var sig [actChunk]float32
+	for c0 := lo; c0 < hi; c0 += actChunk {
+		c1 := min(hi, c0+actChunk)
+		o, g, u := a.o[c0:c1], a.g[c0:c1], a.u[c0:c1]
+		sigmoidChunk(&sig, g)
+		for i, s := range sig[:len(g)] {
+			o[i] = (g[i] * s) * u[i]
+		}
 	}
 }
 
