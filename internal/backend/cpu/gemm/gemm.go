@@ -299,6 +299,12 @@ func packA(dst []float32, a Mat, i0, mc, p0, kc, mr int) {
 		case a.RS == 1 && a.bf16():
 			// Columns of A are contiguous bfloat16 runs: widen one run per k.
 			widenRows(d, mr, a.H, r0+p0*a.CS, a.CS, kc, rows)
+		case a.RS == 1 && a.D != nil && rows == 6 && mr == 6:
+			// Columns of A are contiguous: one 6-float run per k (fixed-size copies, no memmove).
+			for k := 0; k < kc; k++ {
+				base := r0 + (p0+k)*a.CS
+				*(*[6]float32)(d[k*6:]) = *(*[6]float32)(a.D[base:])
+			}
 		default:
 			for k := 0; k < kc; k++ {
 				base := r0*a.RS + (p0+k)*a.CS
@@ -337,6 +343,12 @@ func packB(dst []float32, b Mat, p0, kc, j0, nc, nr int) {
 		case b.CS == 1 && b.bf16():
 			// Rows of B are contiguous bfloat16 runs (the NN form over a BF16 weight).
 			widenRows(d, nr, b.H, p0*b.RS+c0, b.RS, kc, cols)
+		case b.CS == 1 && b.D != nil && cols == 16 && nr == 16:
+			// Rows of B are contiguous: one 16-float run per k (fixed-size copies, no memmove).
+			for k := 0; k < kc; k++ {
+				base := (p0+k)*b.RS + c0
+				*(*[16]float32)(d[k*16:]) = *(*[16]float32)(b.D[base:])
+			}
 		default:
 			for k := 0; k < kc; k++ {
 				base := (p0+k)*b.RS + c0*b.CS

@@ -14,7 +14,8 @@ const (
 )
 
 // BenchmarkMul times the three products of a training step on the square reference shape and
-// on the shapes of a T=1024 token step (d = 288, 576, 1536, vocab 32000), on 1 and 2 threads.
+// on the shapes of a T=1024 token step (d = 288, 576, 1536, vocab 32000, LoRA rank 16), on 1
+// and 2 threads.
 // It reports GFLOP/s, the fraction of the AVX-512 single-core peak times the thread count
 // (peak512) and the same for AVX2 (peak2).
 func BenchmarkMul(b *testing.B) {
@@ -41,6 +42,9 @@ func BenchmarkMul(b *testing.B) {
 		add(1024, 576, 1536)
 		add(1024, 1536, 576)
 		add(1024, 288, 32000)
+		// The skinny LoRA products (r = 16): x·Aᵀ (T, r) and u·Bᵀ (T, d), and their gradients.
+		add(1024, 576, 16)
+		add(1024, 16, 576)
 	}
 	layoutOf := map[string]layout{}
 	for _, L := range layouts {
