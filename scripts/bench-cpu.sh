@@ -8,6 +8,7 @@
 #
 # Rows per shape:
 #   loractl        scripts/benchstep (fp32)
+#   loractl-bf16   scripts/benchstep -dtype bf16 (the model stored as BF16, base weights kept BF16)
 #   torch          scripts/bench_torch.py with the environment as it is
 #   torch-tuned    OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (OpenBLAS picks its kernel for
 #                  this CPU), OMP_WAIT_POLICY=PASSIVE, LD_PRELOAD=libtcmalloc_minimal.so.4
@@ -25,6 +26,8 @@
 #                the fp32 FMA peaks measured on the 2-vCPU AMD EPYC of docs/PERF.md)
 #   BF16         auto (default), 1 or 0: run the bf16-autocast row
 #   PYTHON       the Python with Debian's torch (default /usr/bin/python3)
+#   REPEAT       rounds (default 1): every row runs once per round, rounds alternate the
+#                implementations, and the table shows each one's median round
 #   OUT          folder for results.jsonl (default: a temporary folder)
 #   NO_INSTALL=1 do not apt-get install missing packages
 set -euo pipefail
@@ -83,12 +86,18 @@ steps_for() { # shape → "warmup steps"
 torch_env=(OMP_NUM_THREADS="$THREADS" OPENBLAS_NUM_THREADS="$THREADS")
 tuned_env=(-u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_WAIT_POLICY=PASSIVE LD_PRELOAD=libtcmalloc_minimal.so.4)
 
+REPEAT="${REPEAT:-1}"
+for rep in $(seq "$REPEAT"); do
 for shape in $SHAPES; do
 	read -r warmup steps <<<"$(steps_for "$shape")"
+	[ "$REPEAT" = 1 ] || echo "== round $rep of $REPEAT" >&2
 	common=(--shape "$shape" --threads "$THREADS" --warmup "$warmup" --steps "$steps" --peak-gflops "$PEAK_GFLOPS")
 	echo "== $shape: loractl ($warmup warm-up + $steps timed steps)" >&2
 	GOMAXPROCS="$THREADS" "$BIN" -shape "$shape" -threads "$THREADS" -warmup "$warmup" -steps "$steps" \
 		-peak-gflops "$PEAK_GFLOPS" >>"$RES"
+	echo "== $shape: loractl, bf16 base weights" >&2
+	GOMAXPROCS="$THREADS" "$BIN" -shape "$shape" -threads "$THREADS" -warmup "$warmup" -steps "$steps" \
+		-peak-gflops "$PEAK_GFLOPS" -dtype bf16 >>"$RES"
 	echo "== $shape: torch as installed" >&2
 	env "${torch_env[@]}" "$PYTHON" scripts/bench_torch.py "${common[@]}" --impl torch >>"$RES"
 	echo "== $shape: torch tuned" >&2
@@ -99,6 +108,7 @@ for shape in $SHAPES; do
 			--impl torch-bf16 >>"$RES"
 	fi
 done
+done
 
 "$PYTHON" - "$RES" <<'EOF'
 import json, sys
@@ -106,19 +116,40 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print()
 print("| shape | impl | dtype | tok/s | s/step | loractl ÷ this | peak RSS MiB | GFLOP/s | MFU | loss step 0 (ln V) |")
 print("|---|---|---|---|---|---|---|---|---|---|")
+def name(r):
+    return "loractl-bf16" if r["impl"] == "loractl" and r["dtype"] == "bf16" else r["impl"]
 for r in rows:
-    lc = next((x for x in rows if x["shape"] == r["shape"] and x["impl"] == "loractl"), None)
+    r["name"] = name(r)
+# REPEAT > 1: one row per (shape, impl), the median round by tokens/s (rounds alternate between
+# the implementations, so a slow spell on a shared machine hits all of them).
+rounds = {}
+for r in rows:
+    rounds.setdefault((r["shape"], r["name"]), []).append(r)
+rows = []
+for rs in rounds.values():
+    rs.sort(key=lambda x: x["tokens_per_s"])
+    med = dict(rs[len(rs) // 2])
+    med["rounds"] = len(rs)
+    med["peak_rss_mib"] = max(x["peak_rss_mib"] for x in rs)
+    rows.append(med)
+for r in rows:
+    lc = next((x for x in rows if x["shape"] == r["shape"] and x["name"] == "loractl"), None)
     ratio = f"{lc['tokens_per_s'] / r['tokens_per_s']:.2f}×" if lc else "-"
-    print(f"| {r['shape']} | {r['impl']} | {r['dtype']} | {r['tokens_per_s']:.0f} | {r['s_per_step']:.2f} | {ratio} "
+    print(f"| {r['shape']} | {r['name']} | {r['dtype']} | {r['tokens_per_s']:.0f} | {r['s_per_step']:.2f} | {ratio} "
           f"| {r['peak_rss_mib']:.0f} | {r['gflops']:.1f} | {100 * r['mfu']:.1f}% | {r['loss_first']:.3f} ({r['ln_vocab']:.3f}) |")
 r0 = rows[0]
-print(f"\n{r0['threads']} threads, batch {r0['batch']} × seq {r0['seq']}, LoRA r {r0['r']} on all linear layers; "
+print(f"\n{r0['threads']} threads, batch {r0['batch']} × seq {r0['seq']}, LoRA r {r0['r']} on all linear layers, "
+      f"median of {r0['rounds']} round(s); "
       f"MFU against {r0['peak_gflops']:g} GFLOP/s; model FLOPs/token = 4·N_linear + 12·L·T·(NH·D) + 6·r·Σ(in+out).")
 for shape in dict.fromkeys(r["shape"] for r in rows):
-    by = {r["impl"]: r for r in rows if r["shape"] == shape}
+    by = {r["name"]: r for r in rows if r["shape"] == shape}
     if "loractl" in by and "torch-tuned" in by:
         lc, tt = by["loractl"], by["torch-tuned"]
         print(f"{shape}: loractl / PyTorch tuned fp32 = {lc['tokens_per_s'] / tt['tokens_per_s']:.2f}× tokens/s, "
               f"peak RSS {lc['peak_rss_mib']:.0f} vs {tt['peak_rss_mib']:.0f} MiB")
+    if "loractl-bf16" in by and "torch-bf16" in by:
+        lb, tb = by["loractl-bf16"], by["torch-bf16"]
+        print(f"{shape}: loractl bf16 weights / PyTorch tuned bf16 autocast = {lb['tokens_per_s'] / tb['tokens_per_s']:.2f}× tokens/s, "
+              f"peak RSS {lb['peak_rss_mib']:.0f} vs {tb['peak_rss_mib']:.0f} MiB")
 EOF
 echo "results: $RES" >&2
