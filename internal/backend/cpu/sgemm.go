@@ -49,7 +49,8 @@ func (be *Backend) sgemmNT(y, x []float32, wT gemm.Mat, bias []float32, N, K, M 
 // MatMulBackward computes, for y = x·wᵀ + bias,
 // dx (N, C) += dy·w, dw (OC, C) += dyᵀ·x, dbias (OC) += Σ_n dy[n, :]; nil outputs are skipped.
 // dy (N, OC), x (N, C), w (OC, C) F32 or BF16; a BF16 w is frozen, so dw must be nil.
-// dx and dw follow the gemm package's summation order; dbias sums over n in order.
+// dx and dw follow the gemm package's summation order (a narrow dw, C ≤ 64 and OC ≥ 4C, is
+// summed over all n first and then added); dbias sums over n in order.
 func (be *Backend) MatMulBackward(dx, dw, dbias, dy, x, w backend.Buffer, N, C, OC int) {
 	dxs, dws, dbs, dys := data(dx), data(dw), data(dbias), data(dy)
 	need("MatMulBackward", "dy", dys, N*OC)
@@ -67,8 +68,23 @@ func (be *Backend) MatMulBackward(dx, dw, dbias, dy, x, w backend.Buffer, N, C, 
 		xs := data(x)
 		need("MatMulBackward", "dw", dws, OC*C)
 		need("MatMulBackward", "x", xs, N*C)
-		// dw (OC, C) += dyᵀ (OC, N) · x (N, C)
-		gemm.Mul(gemmRun, be.workers(N*C*OC), dws, C, gemm.Transposed(dys, OC), gemm.RowMajor(xs, C), OC, C, N, true)
+		if C <= 64 && OC >= 4*C {
+			// A narrow weight (LoRA's B, r columns): compute dwᵀ (C, OC) = xᵀ · dy, which reads
+			// dy in place instead of packing all of it, then add its transpose.
+			sp := getF32(C * OC)
+			s := *sp // (C, OC)
+			gemm.Mul(gemmRun, be.workers(N*C*OC), s, OC, gemm.Transposed(xs, C), gemm.RowMajor(dys, OC), C, OC, N, false)
+			for o := 0; o < OC; o++ {
+				dwo := dws[o*C : (o+1)*C] // (C,)
+				for c := range dwo {
+					dwo[c] += s[c*OC+o]
+				}
+			}
+			putF32(sp)
+		} else {
+			// dw (OC, C) += dyᵀ (OC, N) · x (N, C)
+			gemm.Mul(gemmRun, be.workers(N*C*OC), dws, C, gemm.Transposed(dys, OC), gemm.RowMajor(xs, C), OC, C, N, true)
+		}
 	}
 	if dbs != nil {
 		need("MatMulBackward", "dbias", dbs, OC)

@@ -71,13 +71,20 @@ func (v Mat) at(i int) float32 {
 // c = Σ_k a·b if acc == 0, else c += Σ_k a·b, the sum formed in registers first.
 type kernelFunc func(kc int, a, b, c *float32, ldc int, acc int)
 
+// stridedFunc is a kernel set's micro-kernel over strided operands: A element (i, k) at
+// a[i*rsa + k*csa], B element (k, j) at b[k*ldb + j]. It performs the same multiply-adds in the
+// same order as the set's kernelFunc, so an operand read in place gives the same bits as a
+// packed one.
+type stridedFunc func(kc int, a *float32, rsa, csa int, b *float32, ldb int, c *float32, ldc int, acc int)
+
 // kernels is one kernel set with its blocking.
 type kernels struct {
 	name           string
 	mr, nr         int
 	kc, mc, nc     int // mc a multiple of mr, nc of nr
 	kern           kernelFunc
-	ws             sync.Pool // *workspace
+	skern          stridedFunc // nil: every operand is packed
+	ws             sync.Pool   // *workspace
 	wsA, wsB, wsTm int
 }
 
@@ -234,10 +241,28 @@ func checkView(name string, v Mat, rows, cols int) {
 	}
 }
 
+// direct selects which operands the driver may read in place instead of packing (tests
+// switch it to check that every path gives the same bits).
+var direct = struct{ a, b bool }{true, true}
+
+// directA reports whether block reads A in place: a row-major float32 A, a kernel set with a
+// strided kernel, and few column panels per call (ncols ≤ 64: the skinny products of LoRA,
+// where packing A would cost as much as the multiply; a wide product reuses a packed sliver
+// across many panels), and a row stride that does not alias in the L1 cache.
+func (ks *kernels) directA(a Mat, ncols int) bool {
+	return direct.a && ks.skern != nil && a.D != nil && a.CS == 1 && ncols <= 64 && a.RS%1024 != 0
+}
+
+// directB is directA for B: a row-major float32 B read in place when the call has few rows.
+func (ks *kernels) directB(b Mat, nrows int) bool {
+	return direct.b && ks.skern != nil && b.D != nil && b.CS == 1 && nrows <= 64 && b.RS%1024 != 0
+}
+
 // block computes C[i0:i1, j0:j1] on the calling goroutine.
 func (ks *kernels) block(c []float32, ldc int, a, b Mat, K, i0, i1, j0, j1 int, acc bool) {
 	w := ks.getWS()
 	mr, nr := ks.mr, ks.nr
+	dA, dB := ks.directA(a, j1-j0), ks.directB(b, i1-i0)
 	for jc := j0; jc < j1; jc += ks.nc {
 		nc := min(ks.nc, j1-jc)
 		for pc := 0; pc < K; pc += ks.kc {
@@ -246,23 +271,47 @@ func (ks *kernels) block(c []float32, ldc int, a, b Mat, K, i0, i1, j0, j1 int, 
 			if pc == 0 && !acc {
 				mode = 0
 			}
-			packB(w.b, b, pc, kc, jc, nc, nr)
+			if !dB {
+				packB(w.b, b, pc, kc, jc, nc, nr)
+			} else if e := nc % nr; e != 0 {
+				packB(w.b[(nc-e)*kc:], b, pc, kc, jc+nc-e, e, nr) // only the edge panel
+			}
 			for ic := i0; ic < i1; ic += ks.mc {
 				mc := min(ks.mc, i1-ic)
-				packA(w.a, a, ic, mc, pc, kc, mr)
+				if !dA {
+					packA(w.a, a, ic, mc, pc, kc, mr)
+				} else if e := mc % mr; e != 0 {
+					packA(w.a[(mc-e)*kc:], a, ic+mc-e, e, pc, kc, mr) // only the edge sliver
+				}
 				for jr := 0; jr < nc; jr += nr {
-					bp := &w.b[jr*kc]
 					nv := min(nr, nc-jr)
+					bp, ldb := &w.b[jr*kc], nr
+					inB := dB && nv == nr
+					if inB {
+						bp, ldb = &b.D[pc*b.RS+jc+jr], b.RS
+					}
 					for ir := 0; ir < mc; ir += mr {
-						ap := &w.a[ir*kc]
 						mv := min(mr, mc-ir)
+						ap, rsa, csa := &w.a[ir*kc], 1, mr
+						inA := dA && mv == mr
+						if inA {
+							ap, rsa, csa = &a.D[(ic+ir)*a.RS+pc], a.RS, 1
+						}
 						ci := (ic+ir)*ldc + jc + jr
-						if mv == mr && nv == nr {
-							ks.kern(kc, ap, bp, &c[ci], ldc, mode)
+						full := mv == mr && nv == nr
+						dst, ld, m := &c[ci], ldc, mode
+						if !full {
+							dst, ld, m = &w.tmp[0], nr, 0
+						}
+						if inA || inB {
+							ks.skern(kc, ap, rsa, csa, bp, ldb, dst, ld, m)
+						} else {
+							ks.kern(kc, ap, bp, dst, ld, m)
+						}
+						if full {
 							continue
 						}
-						// Edge tile: the same kernel into a scratch tile, then the valid part.
-						ks.kern(kc, ap, bp, &w.tmp[0], nr, 0)
+						// Edge tile: the kernel wrote a scratch tile; add or copy its valid part.
 						for i := 0; i < mv; i++ {
 							dst := c[ci+i*ldc : ci+i*ldc+nv]
 							src := w.tmp[i*nr : i*nr+nv]

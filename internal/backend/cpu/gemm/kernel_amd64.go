@@ -17,6 +17,8 @@ var (
 	avx512KS = newKernels("avx512", 12, 32, 256, 144, 2048, kern12x32AVX512)
 )
 
+func init() { avx2KS.skern = kern6x16AVX2s }
+
 func hasAVX2() bool   { return cpu.X86.HasAVX2 && cpu.X86.HasFMA }
 func hasAVX512() bool { return cpu.X86.HasAVX512F && cpu.X86.HasAVX2 && cpu.X86.HasFMA }
 
@@ -39,3 +41,10 @@ func optIn() []*kernels {
 	}
 	return nil
 }
+
+// kern6x16AVX2s is the AVX2 6×16 kernel over strided operands (see kernel_strided_amd64.s):
+// A element (i, k) at a[i·rsa + k·csa], B row k at b[k·ldb:]. It lets the driver read a
+// row-major A or B in place instead of packing it.
+//
+//go:noescape
+func kern6x16AVX2s(kc int, a *float32, rsa, csa int, b *float32, ldb int, c *float32, ldc int, acc int)
