@@ -30,6 +30,13 @@ type Trainer interface {
 	// accumulation). y (N), x (N); y must not be x.
 	Axpy(y, x Buffer, alpha float32, N int)
 
+	// Scale computes x *= alpha over the first n elements. x (≥ n).
+	Scale(x Buffer, alpha float32, n int)
+
+	// MatMulForwardAcc adds a product to out: out += x·wᵀ. out (N, OC), x (N, C), w (OC, C).
+	// (LoRA adds s·B·(A·x) to the base Linear's output this way, without a temporary.)
+	MatMulForwardAcc(out, x, w Buffer, N, C, OC int)
+
 	// CrossEntropyForward computes the per-row loss of a fused log-softmax and negative log
 	// likelihood: losses[n] = logsumexp(logits[n, :]) − logits[n, targets[n]], and 0 for rows whose
 	// target is IgnoreIndex. The caller sums or averages. losses (N), logits (N, V),

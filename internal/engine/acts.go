@@ -32,7 +32,6 @@ type acts struct {
 	logits backend.Buffer   // (N, V) logits, then their gradient (in place)
 	losses backend.Buffer   // (N) per-token loss
 	out    backend.Buffer   // (N, C) o_proj / down_proj output before the residual add
-	tmp    backend.Buffer   // (N, maxOut) LoRA: u·Bᵀ in forward, s·dy in backward
 
 	dres       backend.Buffer         // (N, C) gradient of the residual stream
 	dh         backend.Buffer         // (N, C) gradient of a norm output (h1, h2, hf)
@@ -97,7 +96,6 @@ func (e *Engine) newActs(B, T int, ckpt bool, alloc func(n int) backend.Buffer) 
 	}
 	a.dmm, a.dg, a.dup = get(N*F), get(N*F), get(N*F)
 	if e.ad != nil {
-		a.tmp = get(N * max(Q, KV, C, F))
 		a.du = get(N * e.r)
 		if e.opt.Dropout > 0 {
 			a.xd, a.dxd = map[int]backend.Buffer{}, map[int]backend.Buffer{}

@@ -260,7 +260,8 @@ func (e *Engine) blockBackward(l int, b *Batch, pos []int) error {
 }
 
 // linearForward computes y (N, out) = x·Wᵀ + b, plus s·B·(A·drop(x)) when lin is adapted,
-// saving u (N, r) = drop(x)·Aᵀ.
+// saving u (N, r) = s·drop(x)·Aᵀ (the scale folded into the narrow factor, so the wide output
+// takes one accumulating product and no temporary).
 func (e *Engine) linearForward(y, x backend.Buffer, lin *linear, u backend.Buffer, N, layer int, train bool) error {
 	be := e.be
 	be.MatMulForward(y, x, lin.w, lin.b, N, lin.in, lin.out)
@@ -275,9 +276,9 @@ func (e *Engine) linearForward(y, x backend.Buffer, lin *linear, u backend.Buffe
 			return err
 		}
 	}
-	be.MatMulForward(u, xin, ll.a, nil, N, lin.in, e.r)        // u (N, r)
-	be.MatMulForward(e.act.tmp, u, ll.b, nil, N, e.r, lin.out) // tmp (N, out) = u·Bᵀ
-	be.Axpy(y, e.act.tmp, e.s, N*lin.out)
+	be.MatMulForward(u, xin, ll.a, nil, N, lin.in, e.r) // u (N, r) = drop(x)·Aᵀ
+	be.Scale(u, e.s, N*e.r)                             // u = s·drop(x)·Aᵀ
+	be.MatMulForwardAcc(y, u, ll.b, N, e.r, lin.out)    // y (N, out) += u·Bᵀ
 	return nil
 }
 
@@ -292,10 +293,9 @@ func (e *Engine) linearBackward(dx, dy, x backend.Buffer, lin *linear, u backend
 		return nil
 	}
 	a, r := e.act, e.r
-	be.Zero(a.tmp, N*lin.out)
-	be.Axpy(a.tmp, dy, e.s, N*lin.out) // tmp (N, out) = s·dy
 	be.Zero(a.du, N*r)
-	be.MatMulBackward(a.du, ll.db, nil, a.tmp, u, ll.b, N, r, lin.out) // du (N, r) = s·dy·B; dB += s·dyᵀ·u
+	be.MatMulBackward(a.du, ll.db, nil, dy, u, ll.b, N, r, lin.out) // du (N, r) = dy·B; dB += dyᵀ·u (u holds s·A·drop(x))
+	be.Scale(a.du, e.s, N*r)                                        // du = s·dy·B = ∂L/∂(drop(x)·Aᵀ)
 	if e.opt.Dropout == 0 {
 		be.MatMulBackward(dx, ll.da, nil, a.du, x, ll.a, N, lin.in, r) // dA += duᵀ·x; dx += du·A
 		return nil

@@ -2,6 +2,7 @@ package backendtest
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"testing"
 
@@ -65,6 +66,39 @@ func runTrain(t *testing.T, newBackend func() backend.Backend, rep *report) {
 			if (i < N-3 && got[i] != 0) || (i >= N-3 && float64(got[i]) != float64(float32(want[i]))) {
 				t.Fatalf("Zero(n=%d): index %d holds %g", N-3, i, got[i])
 			}
+		}
+	})
+
+	t.Run("Scale", func(t *testing.T) {
+		be, r := newBackend(), seededRand(27)
+		tr := be.(backend.Trainer)
+		N := 45
+		x := randn(r, N, 1) // (N,)
+		xb := upload(t, be, x)
+		tr.Scale(xb, -0.37, N-5)
+		got := download(t, be, xb)
+		for i := range got {
+			want := x[i]
+			if i < N-5 {
+				want = x[i] * -0.37
+			}
+			if math.Float32bits(got[i]) != math.Float32bits(want) {
+				t.Fatalf("Scale(n=%d): index %d holds %g, want %g", N-5, i, got[i], want)
+			}
+		}
+	})
+
+	t.Run("MatMulForwardAcc", func(t *testing.T) {
+		be, r := newBackend(), seededRand(28)
+		tr := be.(backend.Trainer)
+		for _, d := range [][3]int{{7, 19, 11}, {70, 16, 300}} {
+			N, C, OC := d[0], d[1], d[2]
+			shape := fmt.Sprintf("N=%d C=%d OC=%d", N, C, OC)
+			x, w, y0 := randn(r, N*C, 1), randn(r, OC*C, 1), randn(r, N*OC, 1) // (N, C), (OC, C), (N, OC)
+			yb := upload(t, be, y0)
+			tr.MatMulForwardAcc(yb, upload(t, be, x), upload(t, be, w), N, C, OC)
+			want := refAdd(f64(y0), refMatMul(f64(x), f64(w), nil, N, C, OC))
+			checkClose(t, rep, "MatMulForwardAcc", shape, download(t, be, yb), want, 1e-5, 1e-4)
 		}
 	})
 

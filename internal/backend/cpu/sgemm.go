@@ -46,6 +46,19 @@ func (be *Backend) sgemmNT(y, x []float32, wT gemm.Mat, bias []float32, N, K, M 
 	}
 }
 
+// MatMulForwardAcc computes out += x · wᵀ. out (N, OC), x (N, C), w (OC, C) (F32 or BF16).
+func (be *Backend) MatMulForwardAcc(out, x, w backend.Buffer, N, C, OC int) {
+	o, xs := data(out), data(x)
+	wf, wh := weight(w)
+	need("MatMulForwardAcc", "out", o, N*OC)
+	need("MatMulForwardAcc", "x", xs, N*C)
+	needN("MatMulForwardAcc", "w", weightLen(wf, wh), OC*C)
+	if N == 0 || OC == 0 {
+		return
+	}
+	gemm.Mul(gemmRun, be.workers(N*C*OC), o, OC, gemm.RowMajor(xs, C), matView(wf, wh, C, true), N, OC, C, true)
+}
+
 // MatMulBackward computes, for y = x·wᵀ + bias,
 // dx (N, C) += dy·w, dw (OC, C) += dyᵀ·x, dbias (OC) += Σ_n dy[n, :]; nil outputs are skipped.
 // dy (N, OC), x (N, C), w (OC, C) F32 or BF16; a BF16 w is frozen, so dw must be nil.
