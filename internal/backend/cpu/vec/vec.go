@@ -1,7 +1,7 @@
 // Package vec holds the vectorised loops over float32 rows that the CPU backend's non-GEMM ops
-// spend their time in: the maximum of a row, exp-and-sum (softmax, cross-entropy, SiLU), dot
-// products, axpy and scaling. On amd64 with AVX2+FMA they run in Go assembly, eight lanes at a
-// time; everywhere else (and for LORACTL_VEC=go) the pure-Go loops below run.
+// spend their time in: the maximum of a row, exp-and-sum (softmax, cross-entropy), SwiGLU and its
+// gradient, dot products, axpy and scaling. On amd64 with AVX2+FMA they run in Go assembly,
+// eight lanes at a time; everywhere else (and for LORACTL_VEC=go) the pure-Go loops below run.
 //
 // Determinism: every routine's result depends only on its inputs and their length, never on
 // where the slice starts in a larger array or on the thread that runs it, so the backend's
@@ -174,4 +174,106 @@ func Scale(x []float32, a float32) {
 	for i := n8; i < len(x); i++ {
 		x[i] *= a
 	}
+}
+
+// Sigmoid returns σ(x) = 1/(1 + exp(−x)) with Exp and a true division: the pure-Go twin of the
+// lanes of SwiGLU and SwiGLUBackward. σ(x) is 1 for x > 87, about 6e-39 (a subnormal) for x < −88.
+func Sigmoid(x float32) float32 {
+	return 1 / (1 + Exp(-x))
+}
+
+// SwiGLU sets out[i] = (g[i]·σ(g[i]))·u[i] for i < len(g), σ as Sigmoid, each product rounded to
+// float32 on its own. out and u must hold len(g) elements; out may be g or u itself (not
+// otherwise overlap them). The result of each element depends only on g[i] and u[i].
+func SwiGLU(out, g, u []float32) {
+	n := len(g)
+	out, u = out[:n], u[:n]
+	n8 := n &^ 7
+	if !useAsm {
+		for i, x := range g {
+			out[i] = float32(x*Sigmoid(x)) * u[i]
+		}
+		return
+	}
+	if n8 > 0 {
+		swigluAVX2(&out[0], &g[0], &u[0], n8)
+	}
+	if n > n8 {
+		// The tail through the same 8-lane routine, zero-padded.
+		var gb, ub [8]float32
+		copy(gb[:], g[n8:])
+		copy(ub[:], u[n8:])
+		swigluAVX2(&gb[0], &gb[0], &ub[0], 8)
+		copy(out[n8:], gb[:n-n8])
+	}
+}
+
+// SwiGLUBackward is the gradient of SwiGLU for i < len(g), with s = σ(g[i]) as Sigmoid:
+//
+//	dg[i] += (dout[i]·u[i])·(s·(1 + g[i]·(1 − s)))   unless dg is nil
+//	du[i] += dout[i]·(g[i]·s)                          unless du is nil
+//
+// each operation rounded to float32 on its own (the explicit conversions in the Go twin keep
+// compilers from fusing multiply-adds). dout, u and the non-nil dg, du must hold len(g)
+// elements and not overlap dg or du.
+func SwiGLUBackward(dg, du, dout, g, u []float32) {
+	n := len(g)
+	if dg == nil && du == nil {
+		return
+	}
+	dout, u = dout[:n], u[:n]
+	if dg != nil {
+		dg = dg[:n]
+	}
+	if du != nil {
+		du = du[:n]
+	}
+	if !useAsm {
+		for i, x := range g {
+			s := Sigmoid(x)
+			if dg != nil {
+				d := float32(s * float32(1+float32(x*(1-s))))
+				dg[i] += float32(float32(dout[i]*u[i]) * d)
+			}
+			if du != nil {
+				du[i] += float32(dout[i] * float32(x*s))
+			}
+		}
+		return
+	}
+	n8 := n &^ 7
+	if n8 > 0 {
+		swigluBwdAVX2(first(dg), first(du), &dout[0], &g[0], &u[0], n8)
+	}
+	if n > n8 {
+		// The tail through the same 8-lane routine, zero-padded.
+		var b [5][8]float32 // dg, du, dout, g, u
+		copy(b[2][:], dout[n8:])
+		copy(b[3][:], g[n8:])
+		copy(b[4][:], u[n8:])
+		var pdg, pdu *float32
+		if dg != nil {
+			copy(b[0][:], dg[n8:])
+			pdg = &b[0][0]
+		}
+		if du != nil {
+			copy(b[1][:], du[n8:])
+			pdu = &b[1][0]
+		}
+		swigluBwdAVX2(pdg, pdu, &b[2][0], &b[3][0], &b[4][0], 8)
+		if dg != nil {
+			copy(dg[n8:], b[0][:n-n8])
+		}
+		if du != nil {
+			copy(du[n8:], b[1][:n-n8])
+		}
+	}
+}
+
+// first returns &x[0], or nil for an empty x.
+func first(x []float32) *float32 {
+	if len(x) == 0 {
+		return nil
+	}
+	return &x[0]
 }

@@ -20,3 +20,11 @@ func axpyAVX2(y, x *float32, n int, a float32)
 
 //go:noescape
 func scaleAVX2(x *float32, n int, a float32)
+
+//go:noescape
+func swigluAVX2(out, gate, up *float32, n int)
+
+// swigluBwdAVX2 takes dg or du nil to skip that output.
+//
+//go:noescape
+func swigluBwdAVX2(dg, du, dout, gate, up *float32, n int)
