@@ -29,8 +29,12 @@ type acts struct {
 	xs     []backend.Buffer // (L+1) each (N, C): the input of every block, then the final residual
 	layers []layerActs      // (L), or (1) shared by all blocks with gradient checkpointing
 	hf     backend.Buffer   // (N, C) final norm output
-	logits backend.Buffer   // (N, V) logits, then their gradient (in place)
+	logits backend.Buffer   // (CH, V) logits of one chunk of rows, then their gradient (in place)
 	losses backend.Buffer   // (N) per-token loss
+	ch     int              // CH, the rows of one lm_head chunk (lmChunk)
+	hfc    backend.Buffer   // (CH, C) one chunk of hf, when CH < N
+	dhc    backend.Buffer   // (CH, C) its gradient, when CH < N
+	lossc  backend.Buffer   // (CH) its losses, when CH < N
 	out    backend.Buffer   // (N, C) o_proj / down_proj output before the residual add
 
 	dres       backend.Buffer         // (N, C) gradient of the residual stream
@@ -88,7 +92,11 @@ func (e *Engine) newActs(B, T int, ckpt bool, alloc func(n int) backend.Buffer) 
 			}
 		}
 	}
-	a.hf, a.logits, a.losses, a.out = get(N*C), get(N*V), get(N), get(N*C)
+	a.ch = lmChunk(N, V)
+	a.hf, a.logits, a.losses, a.out = get(N*C), get(a.ch*V), get(N), get(N*C)
+	if a.ch < N {
+		a.hfc, a.dhc, a.lossc = get(a.ch*C), get(a.ch*C), get(a.ch)
+	}
 	a.dres, a.dh = get(N*C), get(N*C)
 	a.da, a.dq, a.dk, a.dv = get(N*Q), get(N*Q), get(N*KV), get(N*KV)
 	if cfg.QKNorm() {
@@ -194,4 +202,18 @@ func (e *Engine) MemoryPlan(B, T int) MemoryPlan {
 		Activations:                count(e.opt.GradCheckpointing),
 		ActivationsNoCheckpointing: count(false),
 	}
+}
+
+// lmLogitsBudget is the most logits (floats) one lm_head chunk holds: 8 Mi floats, 32 MiB, so
+// that a chunk's logits stay in the last-level cache between the product, the cross-entropy
+// and the backward product, and the memory of a step does not grow with B·T·V.
+var lmLogitsBudget = 1 << 26 // a variable so that tests can force chunking
+
+// lmChunk returns how many rows of the N token rows the lm_head and the loss take at a time:
+// all of them when their logits fit lmLogitsBudget, else the most that fit (at least 16).
+func lmChunk(N, V int) int {
+	if N*V <= lmLogitsBudget {
+		return N
+	}
+	return min(N, max(16, lmLogitsBudget/V))
 }

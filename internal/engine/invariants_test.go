@@ -324,3 +324,51 @@ func TestErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestLMHeadChunks: running the lm_head and the loss over chunks of rows (what a large
+// vocabulary or batch does) gives the same loss and gradients as one pass: bitwise for LoRA
+// (every logit and every row of ∂L/∂hf is computed the same way), within rounding for full
+// fine-tuning (the lm_head's weight gradient sums its rows in chunks). Evaluation agrees too.
+func TestLMHeadChunks(t *testing.T) {
+	for _, method := range []string{MethodLoRA, MethodFull} {
+		t.Run(method, func(t *testing.T) {
+			m := tinyLlama.load(t)
+			var a *lora.Adapter
+			if method == MethodLoRA {
+				a = newAdapter(t, m.Config(), 2, 4, 0.2, 4)
+			}
+			b := randomBatch(rand.New(rand.NewPCG(5, 5)), tinyLlama.V, 3, 9) // N = 27 rows
+			var losses, evals []float64
+			var gs [][][]float32
+			for _, budget := range []int{1 << 23, 16 * tinyLlama.V} { // one chunk; chunks of 16 rows
+				prev := lmLogitsBudget
+				lmLogitsBudget = budget
+				var ac *lora.Adapter
+				if a != nil {
+					ac = cloneAdapter(a)
+				}
+				e := newEngine(t, m, ac, Options{Method: method, Seed: 7})
+				l, g := grads(t, e, b)
+				ev, _, err := e.Loss(b)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := map[bool]int{true: 27, false: 16}[budget == 1<<23]; e.act.ch != want {
+					t.Fatalf("budget %d: chunks of %d rows, want %d", budget, e.act.ch, want)
+				}
+				lmLogitsBudget = prev
+				losses, evals, gs = append(losses, l), append(evals, ev), append(gs, g)
+			}
+			if losses[0] != losses[1] || evals[0] != evals[1] {
+				t.Fatalf("chunking changed the loss: %.9g vs %.9g (eval %.9g vs %.9g)", losses[0], losses[1], evals[0], evals[1])
+			}
+			d, s := maxDiff(gs[0], gs[1])
+			if method == MethodLoRA && !bitsEqual(gs[0], gs[1]) {
+				t.Fatalf("chunking changed the LoRA gradients by %.3g of %.3g", d, s)
+			}
+			if d > 1e-5*s {
+				t.Fatalf("chunking changed the gradients by %.3g of %.3g", d, s)
+			}
+		})
+	}
+}

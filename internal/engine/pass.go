@@ -92,9 +92,9 @@ func (e *Engine) check(b *Batch) error {
 }
 
 // forward runs the model over the batch, keeping what backward needs, and returns the loss sum
-// and the number of targets. train turns LoRA dropout on. With gradScale set, the logits are
-// replaced by the loss gradient (scaled by *gradScale) in the same pass as the loss, and
-// backward starts from them.
+// and the number of targets. train turns LoRA dropout on. With gradScale set, it also runs the
+// lm_head's backward (scaled by *gradScale) chunk by chunk with the loss, leaving ∂L/∂hf in
+// a.dh (and the lm_head's gradient in dLM when it trains), and backward starts from there.
 func (e *Engine) forward(b *Batch, pos []int, train bool, gradScale *float32) (float64, int, error) {
 	cfg, be, a := e.cfg, e.be, e.act
 	N, C, V := b.B*b.T, cfg.HiddenSize, cfg.VocabSize
@@ -106,11 +106,36 @@ func (e *Engine) forward(b *Batch, pos []int, train bool, gradScale *float32) (f
 		}
 	}
 	be.RMSNormForward(a.hf, a.xs[L], e.norm, N, C, float32(cfg.RMSNormEps)) // hf (N, C)
-	be.MatMulForward(a.logits, a.hf, e.lmHead, nil, N, C, V)                // logits (N, V)
 	if gradScale != nil {
-		be.CrossEntropyForwardBackward(a.losses, a.logits, a.logits, b.Targets, N, V, *gradScale) // losses (N); logits (N, V) now dlogits
-	} else {
-		be.CrossEntropyForward(a.losses, a.logits, b.Targets, N, V) // losses (N)
+		be.Zero(a.dh, N*C)
+	}
+	// The lm_head and the loss run over chunks of a.ch rows, so the logits never exist for
+	// all N rows at once. With gradScale, each chunk's logits become their gradient in the
+	// same pass and go straight into dh = dlogits·W (and, when it trains, dLM += dlogitsᵀ·hf).
+	for c0 := 0; c0 < N; c0 += a.ch {
+		n := min(a.ch, N-c0)
+		hf, dh, losses := a.hf, a.dh, a.losses // (n, C), (n, C), (n) when the chunk is everything
+		if n < N {
+			hf, dh, losses = a.hfc, a.dhc, a.lossc
+			be.Copy(hf, 0, a.hf, c0*C, n*C)
+		}
+		tg := b.Targets[c0 : c0+n]
+		be.MatMulForward(a.logits, hf, e.lmHead, nil, n, C, V) // logits (n, V)
+		if gradScale != nil {
+			be.CrossEntropyForwardBackward(losses, a.logits, a.logits, tg, n, V, *gradScale) // losses (n); logits now dlogits
+			if n < N {
+				be.Zero(dh, n*C)
+			}
+			be.MatMulBackward(dh, e.dLM, nil, a.logits, hf, e.lmHead, n, C, V) // dh (n, C)
+			if n < N {
+				be.Copy(a.dh, c0*C, dh, 0, n*C)
+			}
+		} else {
+			be.CrossEntropyForward(losses, a.logits, tg, n, V) // losses (n)
+		}
+		if n < N {
+			be.Copy(a.losses, c0, losses, 0, n)
+		}
 	}
 	if err := be.Download(a.hostLosses, a.losses); err != nil {
 		return 0, 0, fmt.Errorf("engine: download losses: %w", err)
@@ -130,13 +155,11 @@ func (e *Engine) forward(b *Batch, pos []int, train bool, gradScale *float32) (f
 // block's activations).
 func (e *Engine) backward(b *Batch, pos []int, gradScale float32) error {
 	cfg, be, a := e.cfg, e.be, e.act
-	N, C, V := b.B*b.T, cfg.HiddenSize, cfg.VocabSize
+	N, C := b.B*b.T, cfg.HiddenSize
 	L := len(e.blocks)
 	eps := float32(cfg.RMSNormEps)
 
-	// a.logits holds dlogits: forward's CrossEntropyForwardBackward wrote them.
-	be.Zero(a.dh, N*C)
-	be.MatMulBackward(a.dh, e.dLM, nil, a.logits, a.hf, e.lmHead, N, C, V) // dh (N, C)
+	// a.dh already holds ∂L/∂hf: the forward computed it chunk by chunk with the loss.
 	be.Zero(a.dres, N*C)
 	be.RMSNormBackward(a.dres, e.dNorm, a.dh, a.xs[L], e.norm, N, C, eps) // dres (N, C) = ∂L/∂xs[L]
 	for l := L - 1; l >= 0; l-- {

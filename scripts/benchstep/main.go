@@ -93,6 +93,7 @@ type options struct {
 	gen        string // internal: write the model to this folder and exit
 	keep       string // write the model here and keep it (default: a temporary folder)
 	cpuprofile string // write a CPU profile of the timed steps here
+	memprofile string // write an allocation profile of the timed steps here
 }
 
 // Result is the JSON line benchstep prints (the same fields as bench_torch.py).
@@ -113,6 +114,7 @@ type Result struct {
 	StepMinS       float64 `json:"s_per_step_min"`
 	PeakRSSMiB     float64 `json:"peak_rss_mib"`      // VmHWM of the whole process at the end
 	StepRSSMiB     float64 `json:"step_peak_rss_mib"` // VmHWM since the end of setup (-1: unknown)
+	AllocsPerStep  float64 `json:"allocs_per_step"`   // heap allocations per timed step (Go runtime)
 	FLOPsPerToken  float64 `json:"flops_per_token"`
 	GFLOPS         float64 `json:"gflops"`
 	PeakGFLOPS     float64 `json:"peak_gflops"`
@@ -148,6 +150,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&o.peakGFLOPS, "peak-gflops", 436, "machine peak GFLOP/s for MFU (218 per AVX-512 core here)")
 	fs.StringVar(&o.gen, "gen", "", "internal: write the random model to this folder and exit")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the timed steps to this file (go tool pprof)")
+	fs.StringVar(&o.memprofile, "memprofile", "", "write an allocation profile (every allocation) of the timed steps to this file")
 	fs.StringVar(&o.keep, "model-dir", "", "write the model here and keep it (default: a temporary folder, removed)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -382,6 +385,18 @@ func bench(dir string, sh shape, o options) (*Result, error) {
 	}
 	var total time.Duration
 	res.StepMinS = math.Inf(1)
+	if o.memprofile != "" {
+		runtime.MemProfileRate = 1
+		defer func() {
+			runtime.GC() // the profile covers allocations up to the last collection
+			if f, err := os.Create(o.memprofile); err == nil {
+				pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
+	}
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
 	for i := 0; i < o.steps; i++ {
 		t0 := time.Now()
 		loss, err := step()
@@ -396,6 +411,8 @@ func bench(dir string, sh shape, o options) (*Result, error) {
 		}
 		res.LossLast = loss
 	}
+	runtime.ReadMemStats(&ms1)
+	res.AllocsPerStep = float64(ms1.Mallocs-ms0.Mallocs) / float64(o.steps)
 	res.SecondsPerStep = total.Seconds() / float64(o.steps)
 	res.TokensPerS = float64(o.batch*o.seq) / res.SecondsPerStep
 	res.FLOPsPerToken = FLOPsPerToken(mc, mods, o.r, o.seq)

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/loractl/loractl/internal/freelist"
 )
 
 // This file holds the persistent worker pool behind parallelFor and forRange.
@@ -214,12 +216,14 @@ func spinUntil(cond func() bool) bool {
 }
 
 // argPool recycles the argument structs of parallel ops: an op takes one, fills it, passes it
-// to forRange as the loop body and puts it back, so that the call does not allocate.
-type argPool[T any] struct{ p sync.Pool }
+// to forRange as the loop body and puts it back, so that the call does not allocate. (A
+// freelist, not a sync.Pool: it survives garbage collections and does not allocate when
+// structs move between threads.)
+type argPool[T any] struct{ l freelist.List[T] }
 
 // get returns a recycled or new *T; its fields hold whatever the last user left (put clears).
 func (a *argPool[T]) get() *T {
-	if v, ok := a.p.Get().(*T); ok {
+	if v := a.l.Get(); v != nil {
 		return v
 	}
 	return new(T)
@@ -229,15 +233,16 @@ func (a *argPool[T]) get() *T {
 func (a *argPool[T]) put(v *T) {
 	var zero T
 	*v = zero
-	a.p.Put(v)
+	a.l.Put(v)
 }
 
 // f32Pool recycles float32 scratch slices (per-row sums, score rows).
-var f32Pool sync.Pool // *[]float32
+var f32Pool freelist.List[[]float32]
 
-// getF32 returns a pooled scratch slice of length n (contents undefined).
+// getF32 returns a pooled scratch slice of length n (contents undefined): a recycled one with
+// room for n if there is one, else a new one.
 func getF32(n int) *[]float32 {
-	if sp, ok := f32Pool.Get().(*[]float32); ok && cap(*sp) >= n {
+	if sp := f32Pool.GetIf(func(s *[]float32) bool { return cap(*s) >= n }); sp != nil {
 		*sp = (*sp)[:n]
 		return sp
 	}
@@ -249,11 +254,11 @@ func getF32(n int) *[]float32 {
 func putF32(sp *[]float32) { f32Pool.Put(sp) }
 
 // f64Pool recycles float64 scratch slices.
-var f64Pool sync.Pool // *[]float64
+var f64Pool freelist.List[[]float64]
 
 // getF64 returns a pooled float64 scratch slice of length n (contents undefined).
 func getF64(n int) *[]float64 {
-	if sp, ok := f64Pool.Get().(*[]float64); ok && cap(*sp) >= n {
+	if sp := f64Pool.GetIf(func(s *[]float64) bool { return cap(*s) >= n }); sp != nil {
 		*sp = (*sp)[:n]
 		return sp
 	}

@@ -22,6 +22,8 @@ import (
 	"os"
 	"sync"
 	"unsafe"
+
+	"github.com/loractl/loractl/internal/freelist"
 )
 
 // Mat is a strided matrix view: element (r, c) is D[r*RS + c*CS]. A view whose D is nil is
@@ -84,7 +86,7 @@ type kernels struct {
 	kc, mc, nc     int // mc a multiple of mr, nc of nr
 	kern           kernelFunc
 	skern          stridedFunc // nil: every operand is packed
-	ws             sync.Pool   // *workspace
+	ws             freelist.List[workspace]
 	wsA, wsB, wsTm int
 }
 
@@ -99,7 +101,7 @@ func newKernels(name string, mr, nr, kc, mc, nc int, kern kernelFunc) *kernels {
 }
 
 func (ks *kernels) getWS() *workspace {
-	if w, ok := ks.ws.Get().(*workspace); ok {
+	if w := ks.ws.Get(); w != nil {
 		return w
 	}
 	// 64-byte aligned buffers.
@@ -183,7 +185,7 @@ type mulJob struct {
 	byCols bool // chunks are columns [lo, hi) of C, else rows
 }
 
-var jobs = sync.Pool{New: func() any { return new(mulJob) }}
+var jobs freelist.List[mulJob]
 
 // Run computes the chunk [lo, hi) of the job's rows or columns.
 func (j *mulJob) Run(lo, hi int) {
@@ -220,7 +222,10 @@ func Mul(run Runner, workers int, c []float32, ldc int, a, b Mat, m, n, k int, a
 		ks.block(c, ldc, a, b, k, 0, m, 0, n, acc)
 		return
 	}
-	j := jobs.Get().(*mulJob)
+	j := jobs.Get()
+	if j == nil {
+		j = new(mulJob)
+	}
 	*j = mulJob{ks: ks, c: c, ldc: ldc, a: a, b: b, m: m, n: n, k: k, acc: acc, byCols: n >= m}
 	if j.byCols {
 		run(n, ks.nr, workers, j)
