@@ -4,8 +4,9 @@
 // micro-kernel everywhere else. The kernel set is chosen once, at start-up, from the CPU's
 // features (LORACTL_GEMM=go|avx2|avx512 overrides the choice).
 //
-// Summation order (the determinism contract): C[i, j] is accumulated over k in blocks of KC in
-// order; within a block one register accumulator runs over k in order with fused multiply-adds
+// Summation order (the determinism contract): C[i, j] is accumulated over k in blocks in order
+// (K split into the fewest blocks of at most KC, of equal length rounded up to 8: kcBlock);
+// within a block one register accumulator runs over k in order with fused multiply-adds
 // starting from 0, and the block's sum is then added to C in memory (the first block of an
 // overwriting product stores it). Edge tiles are computed by the same kernel on zero-padded
 // panels. So an element's value depends only on its own row of A, column of B, K and the kernel
@@ -246,6 +247,16 @@ func checkView(name string, v Mat, rows, cols int) {
 	}
 }
 
+// kcBlock returns the k-block length for a product of depth K: K split into the fewest blocks
+// of at most kcMax, as even as a multiple of 8 allows (with kcMax 320, K = 288 is one block,
+// not 256 + 32, whose short second block would cost a full pass over C for 32 steps). It depends only on
+// K, so the summation order stays a function of K alone.
+func kcBlock(K, kcMax int) int {
+	nb := (K + kcMax - 1) / kcMax
+	kc := (K + nb - 1) / nb
+	return min(kcMax, (kc+7)&^7)
+}
+
 // direct selects which operands the driver may read in place instead of packing (tests
 // switch it to check that every path gives the same bits).
 var direct = struct{ a, b bool }{true, true}
@@ -268,10 +279,11 @@ func (ks *kernels) block(c []float32, ldc int, a, b Mat, K, i0, i1, j0, j1 int, 
 	w := ks.getWS()
 	mr, nr := ks.mr, ks.nr
 	dA, dB := ks.directA(a, j1-j0), ks.directB(b, i1-i0)
+	kcb := kcBlock(K, ks.kc)
 	for jc := j0; jc < j1; jc += ks.nc {
 		nc := min(ks.nc, j1-jc)
-		for pc := 0; pc < K; pc += ks.kc {
-			kc := min(ks.kc, K-pc)
+		for pc := 0; pc < K; pc += kcb {
+			kc := min(kcb, K-pc)
 			mode := 1
 			if pc == 0 && !acc {
 				mode = 0

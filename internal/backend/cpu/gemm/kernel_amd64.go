@@ -13,7 +13,7 @@ func kern6x16AVX2(kc int, a, b, c *float32, ldc int, acc int)
 func kern12x32AVX512(kc int, a, b, c *float32, ldc int, acc int)
 
 var (
-	avx2KS   = newKernels("avx2", 6, 16, 256, 144, 2048, kern6x16AVX2)
+	avx2KS   = newKernels("avx2", 6, 16, 320, 144, 2048, kern6x16AVX2)
 	avx512KS = newKernels("avx512", 12, 32, 256, 144, 2048, kern12x32AVX512)
 )
 
