@@ -88,7 +88,9 @@ func runGenerate(s *streams, o *generateOptions) error {
 	if err != nil {
 		return err
 	}
-	m, err := model.Load(dir, be)
+	// Without an adapter to merge, a BF16 checkpoint stays BF16 in memory (bitwise the same
+	// output); merging needs float32 weights.
+	m, err := model.LoadWith(dir, be, model.LoadOptions{KeepBF16: o.Adapter == ""})
 	if err != nil {
 		return err
 	}

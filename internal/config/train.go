@@ -27,7 +27,7 @@ type Train struct {
 // ModelSection names the frozen base model.
 type ModelSection struct {
 	Path     string `mapstructure:"path" yaml:"path"`         // HuggingFace model folder
-	DType    string `mapstructure:"dtype" yaml:"dtype"`       // storage of the frozen weights: f32 | bf16
+	DType    string `mapstructure:"dtype" yaml:"dtype"`       // storage of the frozen weights: auto | f32 | bf16
 	Quantize string `mapstructure:"quantize" yaml:"quantize"` // none | nf4
 }
 
@@ -81,7 +81,7 @@ type OutputSection struct {
 // DefaultTrain returns the defaults of every training option, in one place.
 func DefaultTrain() Train {
 	return Train{
-		Model: ModelSection{DType: "f32", Quantize: "none"},
+		Model: ModelSection{DType: "auto", Quantize: "none"},
 		Data:  DataSection{EvalFraction: 0.05, Format: "auto", SeqLen: 256, Packing: true},
 		LoRA: LoRASection{Method: "lora", R: 8, Alpha: 16, Targets: []string{"q_proj", "v_proj"},
 			Init: "default"},
@@ -226,7 +226,7 @@ func (c *Train) Validate() error {
 		bad = append(bad, fmt.Sprintf("%s is %q; valid values: %s", key, val, strings.Join(valid, ", ")))
 	}
 	check(c.Model.Path != "", "model.path is empty; set it to a HuggingFace model folder")
-	oneOf("model.dtype", c.Model.DType, "f32", "bf16")
+	oneOf("model.dtype", c.Model.DType, "auto", "f32", "bf16")
 	oneOf("model.quantize", c.Model.Quantize, "none", "nf4")
 	check(c.Data.Train != "", "data.train is empty; set it to a JSONL file")
 	oneOf("data.format", c.Data.Format, "auto", "text", "prompt_completion", "messages")

@@ -193,3 +193,72 @@ func TestKeepBF16Fallbacks(t *testing.T) {
 
 // plainBackend hides every optional capability of the backend it wraps.
 type plainBackend struct{ backend.Backend }
+
+// TestToBF16: an F32 checkpoint loaded with ToBF16 stores its matrices as BF16, each value its
+// float32 rounded to nearest even, at half the bytes; vectors stay F32; the logits move by a
+// small, nonzero rounding effect.
+func TestToBF16(t *testing.T) {
+	c := tinyCases[0]
+	tc := c.tc
+	tc.dtype = safetensors.F32
+	dir, _ := tc.build(t)
+	m32, err := Load(dir, cpu.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m32.Close()
+	mb, err := LoadWith(dir, cpu.New(), LoadOptions{ToBF16: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mb.Close()
+	for _, s := range mb.specs() {
+		dt, _ := mb.WeightDType(s.name)
+		want := backend.F32
+		if len(s.shape) == 2 {
+			want = backend.BF16
+		}
+		if dt != want {
+			t.Fatalf("%s %v stored as %s, want %s", s.name, s.shape, dt, want)
+		}
+		if len(s.shape) != 2 {
+			continue
+		}
+		b32, _, _ := m32.Tensor(s.name)
+		bb, _, _ := mb.Tensor(s.name)
+		v32, vb := make([]float32, b32.Len()), make([]float32, bb.Len())
+		if err := m32.be.Download(v32, b32); err != nil {
+			t.Fatal(err)
+		}
+		if err := mb.be.Download(vb, bb); err != nil {
+			t.Fatal(err)
+		}
+		for i := range v32 {
+			if want := safetensors.BF16ToFloat32(safetensors.Float32ToBF16(v32[i])); math.Float32bits(vb[i]) != math.Float32bits(want) {
+				t.Fatalf("%s[%d] = %g, want %g (%g rounded to BF16)", s.name, i, vb[i], want, v32[i])
+			}
+		}
+	}
+	mat32, _ := weightBytes(t, m32)
+	matb, _ := weightBytes(t, mb)
+	if 2*matb != mat32 {
+		t.Errorf("matrices %d → %d bytes, want half", mat32, matb)
+	}
+	tokens := randomTokens(tc.seed+7, 9, tc.V)
+	want, err := m32.ForwardAll(tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := mb.ForwardAll(tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var maxd, maxv float64
+	for i := range got {
+		maxd = max(maxd, math.Abs(float64(got[i]-want[i])))
+		maxv = max(maxv, math.Abs(float64(want[i])))
+	}
+	if maxd == 0 || maxd > 0.05*maxv {
+		t.Errorf("logits of the BF16-rounded base differ from F32 by %.3g (of %.3g): want a small nonzero rounding effect", maxd, maxv)
+	}
+}

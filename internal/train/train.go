@@ -100,9 +100,18 @@ func (j *job) setup() error {
 	if j.tok, err = tokenizer.Open(c.Model.Path); err != nil {
 		return err
 	}
-	// LoRA leaves the base frozen: BF16 checkpoints stay BF16 in memory (half the bytes, the
-	// same results as widening them). Full fine-tuning trains fp32 copies.
-	if j.m, err = model.LoadWith(c.Model.Path, cpu.New(), model.LoadOptions{KeepBF16: c.LoRA.Method == "lora"}); err != nil {
+	// LoRA leaves the base frozen: with model.dtype auto, BF16 checkpoints stay BF16 in memory
+	// (half the bytes, the same results as widening them); bf16 rounds F32 ones too. Full
+	// fine-tuning trains fp32 copies.
+	if c.Model.Quantize != "none" {
+		return fmt.Errorf("model.quantize %q: quantized bases (QLoRA) are not implemented yet (issue #6); set model.quantize: none", c.Model.Quantize)
+	}
+	isLoRA := c.LoRA.Method == "lora"
+	if !isLoRA && c.Model.DType == "bf16" {
+		return errors.New("model.dtype bf16 stores frozen weights, but lora.method full trains them in f32; set model.dtype: auto (or f32)")
+	}
+	opt := model.LoadOptions{KeepBF16: isLoRA && c.Model.DType == "auto", ToBF16: isLoRA && c.Model.DType == "bf16"}
+	if j.m, err = model.LoadWith(c.Model.Path, cpu.New(), opt); err != nil {
 		return err
 	}
 	mc := j.m.Config()

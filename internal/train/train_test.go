@@ -202,6 +202,17 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("bad target: %v", err)
 	}
 
+	c = tinyConfig(t, filepath.Join(dir, "q"), 2)
+	c.Model.Quantize = "nf4"
+	if _, err := Run(context.Background(), c, Options{}); err == nil || !strings.Contains(err.Error(), "not implemented yet") {
+		t.Errorf("model.quantize nf4: %v", err)
+	}
+	c = tinyConfig(t, filepath.Join(dir, "f"), 2)
+	c.LoRA.Method, c.Model.DType = "full", "bf16"
+	if _, err := Run(context.Background(), c, Options{}); err == nil || !strings.Contains(err.Error(), "model.dtype: auto") {
+		t.Errorf("full fine-tuning with bf16 storage: %v", err)
+	}
+
 	// A checkpoint resumed with another config.
 	out := filepath.Join(dir, "d")
 	c = tinyConfig(t, out, 4)
@@ -311,5 +322,31 @@ func TestQuickstartConfig(t *testing.T) {
 	t.Logf("quickstart, 40 steps: eval loss %.3f -> %.3f, %.0f tokens/s", res.EvalLossStart, res.EvalLoss, res.TokensPerS)
 	if !(res.EvalLoss < res.EvalLossStart/2) {
 		t.Fatalf("eval loss %.3f -> %.3f: the quickstart did not learn", res.EvalLossStart, res.EvalLoss)
+	}
+}
+
+// TestModelDType: model.dtype auto and f32 train the same adapter from an F32 checkpoint
+// (nothing is BF16 there), and bf16 stores the base rounded to BF16, which moves the losses a
+// little but still trains.
+func TestModelDType(t *testing.T) {
+	dir := t.TempDir()
+	run := func(name, dtype string) *Result {
+		c := tinyConfig(t, filepath.Join(dir, name), 4)
+		c.Model.DType = dtype
+		res, err := Run(context.Background(), c, Options{})
+		if err != nil {
+			t.Fatalf("model.dtype %s: %v", dtype, err)
+		}
+		return res
+	}
+	auto, f32, bf16 := run("auto", "auto"), run("f32", "f32"), run("bf16", "bf16")
+	if auto.Loss != f32.Loss || auto.EvalLoss != f32.EvalLoss {
+		t.Errorf("auto and f32 differ on an F32 checkpoint: loss %v vs %v, eval %v vs %v", auto.Loss, f32.Loss, auto.EvalLoss, f32.EvalLoss)
+	}
+	if d := math.Abs(bf16.EvalLossStart - f32.EvalLossStart); d == 0 || d > 0.05 {
+		t.Errorf("a BF16-rounded base moved the first eval loss by %g (%v vs %v): want a small nonzero change", d, bf16.EvalLossStart, f32.EvalLossStart)
+	}
+	if !(bf16.EvalLoss < bf16.EvalLossStart) {
+		t.Errorf("model.dtype bf16 did not train: eval %v → %v", bf16.EvalLossStart, bf16.EvalLoss)
 	}
 }
