@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs loractl's test suite: vet, unit and golden tests, a static build, and a short fuzz run of
-# each parser. Reference data comes from $LORACTL_TESTDATA (default: ../shared beside the clone).
+# Runs loractl's test suite: vet, unit and golden tests, a static build (and an arm64 one), a
+# short fuzz run of each parser, and the backend tests again on the portable Go kernels. Reference data comes from $LORACTL_TESTDATA (default: ../shared beside the clone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,8 +16,13 @@ echo "== go vet"
 go vet ./...
 echo "== static build (CGO_ENABLED=0)"
 CGO_ENABLED=0 go build -o /dev/null ./cmd/loractl
+echo "== portable build: arm64 (pure-Go kernels, no assembly)"
+GOARCH=arm64 CGO_ENABLED=0 go build -o /dev/null ./cmd/loractl
+GOARCH=arm64 go vet ./internal/backend/...
 echo "== fuzz (${FUZZTIME} each)"
 go test -run '^$' -fuzz '^FuzzParseHeader$' -fuzztime "$FUZZTIME" ./internal/safetensors
 go test -run '^$' -fuzz '^FuzzLoad$' -fuzztime "$FUZZTIME" ./internal/tokenizer/sentencepiece
 echo "== go test"
 go test -count=1 ./...
+echo "== go test: the portable kernels (what arm64 runs), on this machine"
+LORACTL_GEMM=go LORACTL_VEC=go go test -count=1 ./internal/backend/... ./internal/engine ./internal/model
