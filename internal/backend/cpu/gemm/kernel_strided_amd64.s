@@ -1,6 +1,7 @@
 //go:build amd64
 
 #include "textflag.h"
+#include "kernel6x16_amd64.h"
 
 // KSTEPS does one k step of the strided 6×16 kernel: b row k (16 floats at BX) times a column
 // k (6 floats: rows at AX, AX+R9, AX+2·R9, R10, R10+R9, R10+2·R9), then steps every pointer to
@@ -84,54 +85,10 @@ sstore:
 	MOVQ acc+64(FP), R8
 	TESTQ R8, R8
 	JNZ saccum
-	VMOVUPS Y0, 0(DI)
-	VMOVUPS Y1, 32(DI)
-	ADDQ DX, DI
-	VMOVUPS Y2, 0(DI)
-	VMOVUPS Y3, 32(DI)
-	ADDQ DX, DI
-	VMOVUPS Y4, 0(DI)
-	VMOVUPS Y5, 32(DI)
-	ADDQ DX, DI
-	VMOVUPS Y6, 0(DI)
-	VMOVUPS Y7, 32(DI)
-	ADDQ DX, DI
-	VMOVUPS Y8, 0(DI)
-	VMOVUPS Y9, 32(DI)
-	ADDQ DX, DI
-	VMOVUPS Y10, 0(DI)
-	VMOVUPS Y11, 32(DI)
+	STORE6X16
 	VZEROUPPER
 	RET
 saccum:
-	VADDPS 0(DI), Y0, Y0
-	VMOVUPS Y0, 0(DI)
-	VADDPS 32(DI), Y1, Y1
-	VMOVUPS Y1, 32(DI)
-	ADDQ DX, DI
-	VADDPS 0(DI), Y2, Y2
-	VMOVUPS Y2, 0(DI)
-	VADDPS 32(DI), Y3, Y3
-	VMOVUPS Y3, 32(DI)
-	ADDQ DX, DI
-	VADDPS 0(DI), Y4, Y4
-	VMOVUPS Y4, 0(DI)
-	VADDPS 32(DI), Y5, Y5
-	VMOVUPS Y5, 32(DI)
-	ADDQ DX, DI
-	VADDPS 0(DI), Y6, Y6
-	VMOVUPS Y6, 0(DI)
-	VADDPS 32(DI), Y7, Y7
-	VMOVUPS Y7, 32(DI)
-	ADDQ DX, DI
-	VADDPS 0(DI), Y8, Y8
-	VMOVUPS Y8, 0(DI)
-	VADDPS 32(DI), Y9, Y9
-	VMOVUPS Y9, 32(DI)
-	ADDQ DX, DI
-	VADDPS 0(DI), Y10, Y10
-	VMOVUPS Y10, 0(DI)
-	VADDPS 32(DI), Y11, Y11
-	VMOVUPS Y11, 32(DI)
+	ACCUM6X16
 	VZEROUPPER
 	RET
