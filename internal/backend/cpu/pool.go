@@ -252,19 +252,3 @@ func getF32(n int) *[]float32 {
 
 // putF32 recycles a slice from getF32.
 func putF32(sp *[]float32) { f32Pool.Put(sp) }
-
-// f64Pool recycles float64 scratch slices.
-var f64Pool freelist.List[[]float64]
-
-// getF64 returns a pooled float64 scratch slice of length n (contents undefined).
-func getF64(n int) *[]float64 {
-	if sp := f64Pool.GetIf(func(s *[]float64) bool { return cap(*s) >= n }); sp != nil {
-		*sp = (*sp)[:n]
-		return sp
-	}
-	s := make([]float64, n, max(n, 256))
-	return &s
-}
-
-// putF64 recycles a slice from getF64.
-func putF64(sp *[]float64) { f64Pool.Put(sp) }

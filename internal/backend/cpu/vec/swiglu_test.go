@@ -15,15 +15,6 @@ func same32(a, b float32) bool {
 	return math.Float32bits(a) == math.Float32bits(b) || (a != a && b != b)
 }
 
-// ulps is the distance between a and b in units in the last place of float32 (a and b of one sign).
-func ulps(a, b float32) int64 {
-	d := int64(math.Float32bits(a)) - int64(math.Float32bits(b))
-	if (a < 0) != (b < 0) && a != 0 && b != 0 {
-		return math.MaxInt64
-	}
-	return max(d, -d)
-}
-
 func TestSwiGLU(t *testing.T) {
 	impls(t, func(t *testing.T) {
 		r := rand.New(rand.NewPCG(11, 12))
