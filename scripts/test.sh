@@ -16,6 +16,9 @@ echo "== go vet"
 go vet ./...
 echo "== static build (CGO_ENABLED=0)"
 CGO_ENABLED=0 go build -o /dev/null ./cmd/loractl
+echo "== CUDA build (-tags cuda: cgo dlopen shim, no CUDA needed to build)"
+go vet -tags cuda ./...
+go build -tags cuda -o /dev/null ./cmd/loractl
 echo "== portable build: arm64 (pure-Go kernels, no assembly)"
 GOARCH=arm64 CGO_ENABLED=0 go build -o /dev/null ./cmd/loractl
 GOARCH=arm64 go vet ./internal/backend/...
@@ -24,5 +27,7 @@ go test -run '^$' -fuzz '^FuzzParseHeader$' -fuzztime "$FUZZTIME" ./internal/saf
 go test -run '^$' -fuzz '^FuzzLoad$' -fuzztime "$FUZZTIME" ./internal/tokenizer/sentencepiece
 echo "== go test"
 go test -count=1 ./...
+echo "== go test -tags cuda (the probe against a stand-in driver library; GPU tests skip without one)"
+go test -count=1 -tags cuda ./internal/backend/cuda ./internal/cli
 echo "== go test: the portable kernels (what arm64 runs), on this machine"
 LORACTL_GEMM=go LORACTL_VEC=go go test -count=1 ./internal/backend/... ./internal/engine ./internal/model

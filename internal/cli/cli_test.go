@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/loractl/loractl/internal/backend/cuda"
 	"github.com/loractl/loractl/internal/lora"
 	"github.com/loractl/loractl/internal/model"
 	"github.com/loractl/loractl/internal/refdata"
@@ -75,6 +76,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"tokenize", "a", "b"},
 		{"generate", "Once upon a time"},
 		{"generate", "--no-such-flag"},
+		{"inspect", "--devices", "somepath"},
 	} {
 		code, _, errs := run(t, "", args...)
 		if code != 2 || !strings.Contains(errs, "--help") {
@@ -138,6 +140,10 @@ func TestBadInput(t *testing.T) {
 			code, out, errs := run(t, "", c.args...)
 			if out != "" {
 				t.Errorf("a failed command printed %q on stdout", out)
+			}
+			// A -tags cuda build without a GPU first notes that it falls back to the CPU.
+			if note, rest, ok := strings.Cut(errs, "\n"); ok && strings.HasSuffix(note, "running on the CPU") {
+				errs = rest
 			}
 			if code != 1 {
 				t.Fatalf("exit %d, want 1; stderr %q", code, errs)
@@ -446,5 +452,40 @@ func TestTrainCommand(t *testing.T) {
 	code, _, errs = run(t, "", "generate", "--model", dir, "--adapter", out, "--prompt", "Lily", "-n", "4")
 	if code != 0 {
 		t.Fatalf("generate with the trained adapter: exit %d %q", code, errs)
+	}
+}
+
+// TestDevices: inspect --devices lists the CPU kernels and what the CUDA probe found (in this
+// build without -tags cuda: that it is not built in, and how to build it); --device cuda asks
+// for a GPU and fails with that reason; auto runs on the CPU.
+func TestDevices(t *testing.T) {
+	code, out, errs := run(t, "", "inspect", "--devices")
+	if code != 0 || !strings.Contains(out, "cpu      ") || !strings.Contains(out, "GEMM kernels") {
+		t.Fatalf("inspect --devices: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	code, out, _ = run(t, "", "inspect", "--devices", "--json")
+	var r cuda.Report
+	if code != 0 || json.Unmarshal([]byte(out), &r) != nil {
+		t.Fatalf("inspect --devices --json: exit %d, %q", code, out)
+	}
+	if !r.Built && !strings.Contains(r.Err, "-tags cuda") {
+		t.Errorf("report of a build without CUDA: %+v", r)
+	}
+	if r.Built || r.Usable() {
+		return // a CUDA build on a GPU machine: the rest is about builds without a GPU
+	}
+	for _, d := range []string{"gpu", "cuda:x", "cuda:-1"} {
+		if code, _, errs := run(t, "", "generate", "--device", d, "--prompt", "x"); code != 2 || !strings.Contains(errs, "--device") {
+			t.Errorf("--device %s: exit %d, stderr %q; want a usage error (exit 2)", d, code, errs)
+		}
+	}
+	m := refdata.Stories260K(t)
+	code, _, errs = run(t, "", "generate", "--device", "cuda:0", "--model", m, "--prompt", "x", "-n", "1")
+	if code != 1 || !strings.Contains(errs, "--device cuda:0") || !strings.Contains(errs, "-tags cuda") {
+		t.Errorf("--device cuda:0 without CUDA: exit %d, stderr %q", code, errs)
+	}
+	code, out, errs = run(t, "", "generate", "--device", "auto", "--model", m, "--prompt", "Once", "-n", "2", "--temperature", "0")
+	if code != 0 || !strings.HasPrefix(out, "Once") {
+		t.Errorf("--device auto: exit %d, stdout %q, stderr %q", code, out, errs)
 	}
 }

@@ -5,9 +5,15 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
 
 	"github.com/loractl/loractl/internal/backend"
 	"github.com/loractl/loractl/internal/backend/cpu"
+	"github.com/loractl/loractl/internal/backend/cpu/gemm"
+	"github.com/loractl/loractl/internal/backend/cpu/vec"
+	"github.com/loractl/loractl/internal/backend/cuda"
 )
 
 // TestdataEnv names the environment variable that points at the shared reference folder.
@@ -32,12 +38,46 @@ func resolveModelDir(dir string) (string, error) {
 	return dir, nil
 }
 
-// openBackend returns the compute backend for a --device value.
+// openBackend returns the compute backend for a --device value: cpu; cuda or cuda:N (an error
+// saying why when that GPU cannot be used); auto (a usable GPU, else the CPU, noting on log why a
+// CUDA build fell back).
 func openBackend(device string, log io.Writer) (backend.Backend, error) {
-	switch device {
-	case "", "auto", "cpu":
+	switch {
+	case device == "cpu":
 		return cpu.New(), nil
+	case device == "" || device == "auto":
+		r := cuda.Probe()
+		if r.Built && !r.Usable() {
+			fmt.Fprintf(log, "loractl: no usable GPU (%s); running on the CPU\n", r.Err)
+		} else if r.Usable() {
+			fmt.Fprintf(log, "loractl: found %s (cuda:0), but the CUDA backend's kernels are not in this build yet (issue #5); running on the CPU\n", r.Devices[0].Name)
+		}
+		return cpu.New(), nil
+	case device == "cuda" || strings.HasPrefix(device, "cuda:"):
+		idx := 0
+		if rest, ok := strings.CutPrefix(device, "cuda:"); ok {
+			n, err := strconv.Atoi(rest)
+			if err != nil || n < 0 {
+				return nil, usageError{fmt.Errorf("--device %q: want cuda:N with N a device index (see loractl inspect --devices)", device)}
+			}
+			idx = n
+		}
+		r := cuda.Probe()
+		switch {
+		case !r.Built || r.Err != "" && len(r.Devices) == 0:
+			return nil, fmt.Errorf("--device %s: %s", device, r.Err)
+		case idx >= len(r.Devices):
+			return nil, fmt.Errorf("--device %s: there are %d CUDA devices (cuda:0 to cuda:%d); see loractl inspect --devices", device, len(r.Devices), len(r.Devices)-1)
+		case r.Err != "":
+			return nil, fmt.Errorf("--device %s: %s", device, r.Err)
+		}
+		return nil, fmt.Errorf("--device %s: found %s, but the CUDA backend's kernels are not in this build yet (issue #5); use --device cpu or auto", device, r.Devices[idx].Name)
 	default:
-		return nil, usageError{fmt.Errorf("--device %q: this build supports only auto and cpu", device)}
+		return nil, usageError{fmt.Errorf("--device %q: want auto, cpu, cuda or cuda:N", device)}
 	}
+}
+
+// cpuDescription names the CPU kernels this binary runs, e.g. "4 threads, GEMM avx2, vectors avx2".
+func cpuDescription() string {
+	return fmt.Sprintf("%d threads, GEMM kernels %s, vector kernels %s", runtime.GOMAXPROCS(0), gemm.Impl(), vec.Impl())
 }

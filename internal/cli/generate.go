@@ -65,7 +65,7 @@ $LORACTL_TESTDATA (models/stories260K).`,
 	f.Uint64("seed", 1, "random seed for sampling")
 	f.Bool("ids", false, `after the text, print {"prompt_ids":[...],"generated_ids":[...]} as one JSON line`)
 	f.Bool("no-stop", false, "do not stop at end-of-sequence tokens")
-	f.String("device", "auto", "compute device: auto or cpu")
+	f.String("device", "auto", "compute device: auto, cpu, cuda or cuda:N (auto: a usable GPU, else the CPU)")
 	return c
 }
 
