@@ -37,14 +37,15 @@ func probeIn(t *testing.T, libdir string, env ...string) Report {
 	return r
 }
 
-// TestProbeFakeDriver builds a stand-in libcuda.so.1 (one device) and libcublas.so.12 and
-// checks that the shim loads them and reports the device.
-func TestProbeFakeDriver(t *testing.T) {
+// fakeLibs builds the stand-in libcuda.so.1 (one device, memory in host RAM) and an empty
+// libcuda.so.12 into a temporary folder and returns it (with the path of gcc).
+func fakeLibs(t *testing.T) (dir, gcc string) {
+	t.Helper()
 	gcc, err := exec.LookPath("gcc")
 	if err != nil {
 		t.Skip("gcc not found: cannot build the fake driver library")
 	}
-	dir := t.TempDir()
+	dir = t.TempDir()
 	for _, c := range [][]string{
 		{"-shared", "-fPIC", "-o", filepath.Join(dir, "libcuda.so.1"), "testdata/fakecuda.c"},
 		{"-shared", "-fPIC", "-o", filepath.Join(dir, "libcublas.so.12"), "-x", "c", "/dev/null"},
@@ -53,6 +54,13 @@ func TestProbeFakeDriver(t *testing.T) {
 			t.Fatalf("gcc %v: %v\n%s", c, err, out)
 		}
 	}
+	return dir, gcc
+}
+
+// TestProbeFakeDriver builds a stand-in libcuda.so.1 (one device) and libcublas.so.12 and
+// checks that the shim loads them and reports the device.
+func TestProbeFakeDriver(t *testing.T) {
+	dir, gcc := fakeLibs(t)
 	r := probeIn(t, dir)
 	want := Device{Index: 0, Name: "Fake GPU 80GB", MemoryBytes: 80 << 30, ComputeMajor: 9, ComputeMinor: 0}
 	if !r.Built || !r.Usable() || len(r.Devices) != 1 || r.Devices[0] != want {

@@ -1,0 +1,123 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// TestContextFakeDriver runs TestContextChild in a child process whose loader finds the
+// stand-in driver (memory in host RAM): the context, its owner thread, the caching allocator
+// and the copies, without a GPU.
+func TestContextFakeDriver(t *testing.T) {
+	if real := Probe(); real.LibCUDA != "" {
+		t.Skipf("this machine has an NVIDIA driver (%s); the fake one cannot be loaded in its place", real.LibCUDA)
+	}
+	dir, _ := fakeLibs(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestContextChild$", "-test.v")
+	cmd.Env = append(os.Environ(), "LORACTL_CUDA_FAKE=1", "LD_LIBRARY_PATH="+dir)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestContextChild") {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+}
+
+func TestContextChild(t *testing.T) {
+	if os.Getenv("LORACTL_CUDA_FAKE") != "1" {
+		t.Skip("runs inside TestContextFakeDriver, against the stand-in driver")
+	}
+	c, err := Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	// Every call runs on one OS thread, whichever goroutine makes it.
+	var mu sync.Mutex
+	tids := map[int]bool{}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.do(func() error { mu.Lock(); tids[gettid()] = true; mu.Unlock(); return nil })
+		}()
+	}
+	wg.Wait()
+	if len(tids) != 1 || tids[gettid()] {
+		t.Errorf("driver calls ran on threads %v (the test's is %d): want one owner thread", tids, gettid())
+	}
+
+	// Round trips, float32 and 16-bit, and a device-to-device copy.
+	r := rand.New(rand.NewPCG(1, 2))
+	x := make([]float32, 1000)
+	for i := range x {
+		x[i] = r.Float32()*2 - 1
+	}
+	p, err := c.Alloc(4 * len(x))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.UploadF32(p, x); err != nil {
+		t.Fatal(err)
+	}
+	q, _ := c.Alloc(4 * len(x))
+	if err := c.CopyD(q, p, 4*len(x)); err != nil {
+		t.Fatal(err)
+	}
+	y := make([]float32, len(x))
+	if err := c.DownloadF32(y, q); err != nil || !slices.Equal(x, y) {
+		t.Fatalf("float32 round trip: %v", err)
+	}
+	h := []uint16{0x3f80, 0xbf80, 0x7fc0, 1}
+	ph, _ := c.Alloc(2 * len(h))
+	g := make([]uint16, len(h))
+	if c.UploadU16(ph, h) != nil || c.DownloadU16(g, ph) != nil || !slices.Equal(g, h) {
+		t.Fatalf("16-bit round trip: %v", g)
+	}
+
+	// The cache: a freed block of a size class is reused, no new driver allocation.
+	allocs, inUse, _ := c.AllocStats()
+	if allocs != 3 || inUse != 3 {
+		t.Fatalf("after 3 allocations: %d driver allocations, %d in use", allocs, inUse)
+	}
+	c.Free(p)
+	c.Free(q)
+	for range 10 {
+		a, _ := c.Alloc(4000) // same size class as p, q (4000 → 4096)
+		b, _ := c.Alloc(3900)
+		c.Free(a)
+		c.Free(b)
+	}
+	if allocs, inUse, cached := c.AllocStats(); allocs != 3 || inUse != 1 || cached != 2*4096 {
+		t.Errorf("steady state: %d driver allocations (want 3), %d in use (want 1), %d bytes cached (want 8192)", allocs, inUse, cached)
+	}
+	if err := c.Free(p + 1); err == nil {
+		t.Error("Free of an unknown address succeeded")
+	}
+
+	// A failed driver allocation names the call and the error; the cache is emptied and the
+	// allocation retried first.
+	if _, err := c.Alloc(2 << 30); err == nil || !strings.Contains(err.Error(), "cuMemAlloc") {
+		t.Errorf("2 GiB on a device that refuses it: %v", err)
+	}
+	if _, _, cached := c.AllocStats(); cached != 0 {
+		t.Errorf("%d bytes still cached after an out-of-memory retry", cached)
+	}
+	free, total, err := c.MemInfo()
+	if err != nil || total != 80<<30 || free >= total {
+		t.Errorf("MemInfo = %d free of %d, %v", free, total, err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Alloc(4); err == nil {
+		t.Error("Alloc after Close succeeded")
+	}
+}
