@@ -1,0 +1,20 @@
+// Package kernels holds loractl's CUDA kernels: the .cu sources and the PTX that
+// `go generate ./kernels` compiles from them with nvcc for compute_80 (Ampere and newer). The
+// PTX is committed, so no build needs nvcc; the -tags cuda backend embeds it (ptx.go) and the
+// driver JIT-compiles it for the GPU it runs on.
+//
+// Regenerate after editing a .cu file (nvcc 11.8 from ../shared/tools/install-nvcc.sh is
+// enough: the kernels use no sm_90-only feature; cuBLAS does the large products):
+//
+//	go generate ./kernels
+package kernels
+
+//go:generate nvcc -ptx -arch=compute_80 -O3 -o elementwise.ptx elementwise.cu
+
+// Entries lists the kernels of elementwise.ptx, each the twin of a CPU backend op.
+var Entries = []string{
+	"rmsnorm_forward", "rmsnorm_backward_rows", "rmsnorm_backward_dw",
+	"swiglu_forward", "swiglu_backward", "rope_pos",
+	"embedding_forward", "embedding_forward_bf16", "add_forward", "axpy", "scale",
+	"cast_f32_bf16", "cast_bf16_f32", "cross_entropy", "adamw",
+}
