@@ -9,6 +9,8 @@ import (
 	"sort"
 	"sync"
 	"unsafe"
+
+	"github.com/loractl/loractl/kernels"
 )
 
 // Context is one GPU's primary context, owned by one goroutine locked to its OS thread: every
@@ -18,6 +20,8 @@ type Context struct {
 	Ordinal int
 	calls   chan func()
 	alloc   allocator    // used only on the owner thread
+	mod     *module      // the kernels (kernels.ElementwisePTX), loaded at Open
+	slots   argSlots     // launch argument memory, owner thread only
 	mu      sync.RWMutex // held for reading by each call in flight, for writing by Close
 	closed  bool
 }
@@ -42,6 +46,13 @@ func (c *Context) own(ready chan<- error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	_, dev, err := drvRetain(c.Ordinal)
+	if err == nil {
+		c.mod, err = drvLoadModule(kernels.ElementwisePTX, kernels.Entries)
+		if err != nil {
+			drvRelease(dev)
+			err = fmt.Errorf("load the kernels: %w", err)
+		}
+	}
 	ready <- err
 	if err != nil {
 		return
@@ -49,8 +60,29 @@ func (c *Context) own(ready chan<- error) {
 	for f := range c.calls {
 		f()
 	}
+	c.mod.unload()
+	c.slots.free()
 	c.alloc.releaseAll()
 	drvRelease(dev)
+}
+
+// Launch runs kernel fn of the kernels package on a 1-D grid of grid blocks of block threads
+// with shmem bytes of dynamic shared memory. Arguments are Ptr, int32, int64, uint32 or float32,
+// in the kernel's order. Launches are asynchronous: Sync (and every download) waits for them
+// and reports a failure that happened while they ran.
+func (c *Context) Launch(fn string, grid, block, shmem int, args ...any) error {
+	return c.do(func() error { return drvLaunch(&c.slots, c.mod, fn, grid, block, shmem, args) })
+}
+
+// Sync waits for every launched kernel and returns the first error of the device, if any.
+func (c *Context) Sync() error { return c.do(drvSync) }
+
+// Memset32 sets n 32-bit words at dst to v.
+func (c *Context) Memset32(dst Ptr, v uint32, n int) error {
+	if n == 0 {
+		return nil
+	}
+	return c.do(func() error { return drvMemset32(dst, v, n) })
 }
 
 // do runs f on the owner thread and returns its error.

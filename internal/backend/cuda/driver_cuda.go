@@ -7,6 +7,7 @@ package cuda
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <unistd.h>
 #include <sys/syscall.h>
 
@@ -17,6 +18,8 @@ typedef int lcd_result;
 typedef int lcd_device;
 typedef unsigned long long lcd_dptr;
 typedef void *lcd_ctx;
+typedef void *lcd_module;
+typedef void *lcd_function;
 
 static struct {
 	void *h;
@@ -33,6 +36,12 @@ static struct {
 	lcd_result (*memcpyDtoD)(lcd_dptr, lcd_dptr, size_t);
 	lcd_result (*memGetInfo)(size_t *, size_t *);
 	lcd_result (*getErrorString)(lcd_result, const char **);
+	lcd_result (*memsetD32)(lcd_dptr, unsigned int, size_t);
+	lcd_result (*moduleLoadData)(lcd_module *, const void *);
+	lcd_result (*moduleUnload)(lcd_module);
+	lcd_result (*moduleGetFunction)(lcd_function *, lcd_module, const char *);
+	lcd_result (*launchKernel)(lcd_function, unsigned int, unsigned int, unsigned int, unsigned int,
+		unsigned int, unsigned int, unsigned int, void *, void **, void **);
 } lcd;
 
 // lcd_load dlopens libcuda.so.1 and resolves every entry point; it returns the name of the
@@ -57,6 +66,11 @@ static const char *lcd_load(void) {
 	LCD_SYM(memcpyDtoD, "cuMemcpyDtoD_v2")
 	LCD_SYM(memGetInfo, "cuMemGetInfo_v2")
 	LCD_SYM(getErrorString, "cuGetErrorString")
+	LCD_SYM(memsetD32, "cuMemsetD32_v2")
+	LCD_SYM(moduleLoadData, "cuModuleLoadData")
+	LCD_SYM(moduleUnload, "cuModuleUnload")
+	LCD_SYM(moduleGetFunction, "cuModuleGetFunction")
+	LCD_SYM(launchKernel, "cuLaunchKernel")
 #undef LCD_SYM
 	lcd.h = h;
 	return "";
@@ -83,6 +97,19 @@ static const char *lcd_errstr(lcd_result rc) {
 	if (lcd.getErrorString == NULL || lcd.getErrorString(rc, &s) != 0 || s == NULL) return "unknown error";
 	return s;
 }
+static lcd_result lcd_memset32(lcd_dptr d, unsigned int v, size_t n) { return lcd.memsetD32(d, v, n); }
+static lcd_result lcd_modload(lcd_module *m, const char *image) { return lcd.moduleLoadData(m, image); }
+static lcd_result lcd_modunload(lcd_module m) { return lcd.moduleUnload(m); }
+static lcd_result lcd_getfn(lcd_function *f, lcd_module m, const char *name) { return lcd.moduleGetFunction(f, m, name); }
+
+// lcd_launch launches f on a 1-D grid on the default stream; argvals holds nargs arguments,
+// each in its own 8-byte slot (cuLaunchKernel reads each one at its declared size).
+static lcd_result lcd_launch(lcd_function f, unsigned int grid, unsigned int block, unsigned int shmem, void *argvals, int nargs) {
+	void *params[32];
+	if (nargs > 32) return 1; // CUDA_ERROR_INVALID_VALUE
+	for (int i = 0; i < nargs; i++) params[i] = (char *)argvals + 8 * i;
+	return lcd.launchKernel(f, grid, 1, 1, block, 1, 1, shmem, NULL, params, NULL);
+}
 static long lcd_gettid(void) { return (long)syscall(SYS_gettid); }
 */
 import "C"
@@ -90,6 +117,7 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"unsafe"
 )
@@ -179,4 +207,83 @@ func drvMemInfo() (free, total uint64, err error) {
 	var f, t C.size_t
 	err = check("cuMemGetInfo", C.lcd_meminfo(&f, &t))
 	return uint64(f), uint64(t), err
+}
+
+func drvMemset32(dst Ptr, v uint32, n int) error {
+	return check("cuMemsetD32", C.lcd_memset32(C.lcd_dptr(dst), C.uint(v), C.size_t(n)))
+}
+
+// module is a loaded PTX module and its functions.
+type module struct {
+	m   C.lcd_module
+	fns map[string]C.lcd_function
+}
+
+// drvLoadModule loads PTX text (the driver JIT-compiles it for the current device) and resolves
+// the named functions.
+func drvLoadModule(ptx string, names []string) (*module, error) {
+	img := C.CString(ptx)
+	defer C.free(unsafe.Pointer(img))
+	md := &module{fns: map[string]C.lcd_function{}}
+	if err := check("cuModuleLoadData", C.lcd_modload(&md.m, img)); err != nil {
+		return nil, err
+	}
+	for _, name := range names {
+		cn := C.CString(name)
+		var f C.lcd_function
+		err := check("cuModuleGetFunction("+name+")", C.lcd_getfn(&f, md.m, cn))
+		C.free(unsafe.Pointer(cn))
+		if err != nil {
+			C.lcd_modunload(md.m)
+			return nil, err
+		}
+		md.fns[name] = f
+	}
+	return md, nil
+}
+
+func (md *module) unload() error { return check("cuModuleUnload", C.lcd_modunload(md.m)) }
+
+// argSlots is C memory for one launch's arguments (owner thread only, reused).
+type argSlots struct{ p unsafe.Pointer }
+
+func (s *argSlots) free() {
+	if s.p != nil {
+		C.free(s.p)
+		s.p = nil
+	}
+}
+
+const maxKernelArgs = 32
+
+// drvLaunch launches fn with args (Ptr, int32, int64, float32, uint32 values) on grid×block.
+func drvLaunch(slots *argSlots, md *module, fn string, grid, block, shmem int, args []any) error {
+	f, ok := md.fns[fn]
+	if !ok {
+		return fmt.Errorf("cuda: no kernel %q in the module", fn)
+	}
+	if len(args) > maxKernelArgs {
+		return fmt.Errorf("cuda: %s: %d arguments, at most %d", fn, len(args), maxKernelArgs)
+	}
+	if slots.p == nil {
+		slots.p = C.malloc(8 * maxKernelArgs)
+	}
+	vals := unsafe.Slice((*uint64)(slots.p), maxKernelArgs)
+	for i, a := range args {
+		switch v := a.(type) {
+		case Ptr:
+			vals[i] = uint64(v)
+		case int32:
+			vals[i] = uint64(uint32(v))
+		case int64:
+			vals[i] = uint64(v)
+		case uint32:
+			vals[i] = uint64(v)
+		case float32:
+			vals[i] = uint64(math.Float32bits(v))
+		default:
+			return fmt.Errorf("cuda: %s: argument %d has type %T (want Ptr, int32, int64, uint32 or float32)", fn, i, a)
+		}
+	}
+	return check("cuLaunchKernel("+fn+")", C.lcd_launch(f, C.uint(grid), C.uint(block), C.uint(shmem), slots.p, C.int(len(args))))
 }

@@ -73,6 +73,15 @@ func TestProbeFakeDriver(t *testing.T) {
 		t.Errorf("String() = %q", s)
 	}
 
+	// LORACTL_CUBLAS names the library explicitly.
+	alt := filepath.Join(dir, "mycublas.so")
+	if out, err := exec.Command(gcc, "-shared", "-fPIC", "-o", alt, "-x", "c", "/dev/null").CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	if r = probeIn(t, dir, "LORACTL_CUBLAS="+alt); !r.Usable() || r.LibCUBLAS != alt {
+		t.Errorf("LORACTL_CUBLAS=%s: %+v", alt, r)
+	}
+
 	// Without cuBLAS the device is listed but not usable, and the report says what to install.
 	os.Remove(filepath.Join(dir, "libcublas.so.12"))
 	if real := Probe(); real.LibCUBLAS != "" {
@@ -81,14 +90,6 @@ func TestProbeFakeDriver(t *testing.T) {
 	r = probeIn(t, dir)
 	if r.Usable() || len(r.Devices) != 1 || !strings.Contains(r.Err, "LORACTL_CUBLAS") {
 		t.Errorf("without cuBLAS: %+v", r)
-	}
-	// LORACTL_CUBLAS names the library explicitly.
-	alt := filepath.Join(dir, "mycublas.so")
-	if out, err := exec.Command(gcc, "-shared", "-fPIC", "-o", alt, "-x", "c", "/dev/null").CombinedOutput(); err != nil {
-		t.Fatalf("gcc: %v\n%s", err, out)
-	}
-	if r = probeIn(t, dir, "LORACTL_CUBLAS="+alt); !r.Usable() || r.LibCUBLAS != alt {
-		t.Errorf("LORACTL_CUBLAS=%s: %+v", alt, r)
 	}
 }
 
