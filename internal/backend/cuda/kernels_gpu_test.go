@@ -5,6 +5,7 @@ package cuda
 import (
 	"math"
 	"math/rand/v2"
+	"os"
 	"testing"
 
 	"github.com/loractl/loractl/internal/backend"
@@ -17,10 +18,14 @@ import (
 // random inputs, with outputs poisoned (NaN) first so an unwritten element fails. These run
 // only where a GPU is usable (scripts/gpu-check.sh runs them on the lent machine).
 
-// gpu opens cuda:0 or skips the test with the reason.
+// gpu opens cuda:0 or skips the test with the reason (fails it instead with
+// LORACTL_REQUIRE_GPU=1, which scripts/gpu-check.sh sets on the GPU machine).
 func gpu(t *testing.T) *Context {
 	t.Helper()
 	if r := Probe(); !r.Usable() {
+		if os.Getenv("LORACTL_REQUIRE_GPU") == "1" {
+			t.Fatalf("no usable GPU: %s", r.Err)
+		}
 		t.Skipf("no usable GPU: %s", r.Err)
 	}
 	c, err := Open(0)

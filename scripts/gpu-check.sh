@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The one-call GPU check (issue #5). Two halves:
+#
+#   scripts/gpu-check.sh prepare        here (needs Go and gcc): builds the -tags cuda loractl and
+#                                       the CUDA test binaries into build/gpu (git-ignored)
+#   scripts/gpu-check.sh run OUTDIR     on the GPU machine (no Go, no network): runs them from the
+#                                       repository root and writes OUTDIR/report.md and one log per
+#                                       step, the summary table last
+#
+# Carry build/gpu with the working tree to the GPU machine, then run the second half. Steps:
+#   1. devices    nvidia-smi, and the driver/cuBLAS/GPUs loractl finds (inspect --devices)
+#   2. cuda-tests the CUDA package's tests: shim, context, allocator, and every kernel against its
+#                 CPU twin on the GPU (kernels_gpu_test.go)
+#   3. kernels    the committed PTX assembled by that machine's ptxas for sm_90, and the .cu files
+#                 rebuilt by its nvcc for sm_90 (catches what the older nvcc hid)
+#   4-6.          training, PEFT fidelity and speed against PEFT: not yet (the backend's ops are
+#                 the next part of issue #5); reported as "not yet"
+set -uo pipefail
+cd "$(dirname "$0")/.."
+B=build/gpu
+
+prepare() {
+	set -e
+	rm -rf "$B"
+	mkdir -p "$B"
+	echo "== go build -tags cuda ./cmd/loractl" >&2
+	CGO_ENABLED=1 go build -tags cuda -o "$B/loractl" ./cmd/loractl
+	echo "== go test -c -tags cuda ./internal/backend/cuda" >&2
+	CGO_ENABLED=1 go test -c -tags cuda -o "$B/cuda.test" ./internal/backend/cuda
+	echo "== go test -c ./kernels" >&2
+	go test -c -o "$B/kernels.test" ./kernels
+	git rev-parse HEAD >"$B/commit" 2>/dev/null || true
+	du -sh "$B" >&2
+	echo "prepared $B; carry it to the GPU machine and run: bash scripts/gpu-check.sh run \$OUT" >&2
+}
+
+run() {
+	local out=${1:?usage: scripts/gpu-check.sh run OUTDIR}
+	mkdir -p "$out"
+	out=$(cd "$out" && pwd)
+	local root table
+	root=$(pwd)
+	table="$out/table.md"
+	printf '| step | result | log |\n|---|---|---|\n' >"$table"
+	step() { # name, then the command
+		local name=$1 rc
+		shift
+		local t0=$SECONDS
+		("$@") >"$out/$name.log" 2>&1
+		rc=$?
+		local res="ok"
+		[ $rc -eq 0 ] || res="FAIL (exit $rc)"
+		printf '| %s | %s, %ds | %s.log |\n' "$name" "$res" $((SECONDS - t0)) "$name" >>"$table"
+		echo "== $name: $res" >&2
+	}
+	[ -x "$B/loractl" ] || { echo "gpu-check: $B is missing: run 'scripts/gpu-check.sh prepare' here and carry $B" >&2; exit 1; }
+
+	step devices bash -c "nvidia-smi; echo; ldconfig -p | grep -E 'libcuda.so|libcublas.so' ; echo; '$root/$B/loractl' inspect --devices; '$root/$B/loractl' inspect --devices --json"
+	step cuda-tests bash -c "cd internal/backend/cuda && LORACTL_REQUIRE_GPU=1 '$root/$B/cuda.test' -test.v -test.count=1"
+	step kernels bash -c "cd kernels && '$root/$B/kernels.test' -test.v -test.count=1 && if command -v nvcc >/dev/null; then nvcc --version | tail -2; nvcc -cubin -arch=sm_90 -O3 -o /tmp/loractl-elementwise.cubin elementwise.cu && echo 'nvcc sm_90: ok'; else echo 'nvcc not found: skipped the sm_90 rebuild'; fi"
+	for s in train-vs-cpu peft-fidelity speed-vs-peft; do
+		printf '| %s | not yet: the CUDA backend ops are the next part of issue #5 | - |\n' "$s" >>"$table"
+	done
+	{
+		echo "# loractl GPU check"
+		echo
+		echo "commit $(cat "$B/commit" 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%MZ)"
+		echo
+		for f in devices cuda-tests kernels; do
+			echo "## $f"
+			echo '```'
+			tail -n 60 "$out/$f.log"
+			echo '```'
+			echo
+		done
+		cat "$table"
+	} >"$out/report.md"
+	cat "$table"
+}
+
+case "${1:-}" in
+prepare) prepare ;;
+run) run "${2:-}" ;;
+*)
+	echo "usage: scripts/gpu-check.sh prepare | run OUTDIR" >&2
+	exit 2
+	;;
+esac
