@@ -117,8 +117,8 @@ func (be *Backend) RoPEForward(x, invFreq backend.Buffer, B, T, NH, D, pos0 int)
 // AttentionForward computes causal grouped-query attention over a key/value cache.
 // out (B, T, NH·D), q (B, T, NH·D), k (B, S, NKV·D), v (B, S, NKV·D).
 // Query t (position pos0+t) of head h attends to keys 0..pos0+t of KV head h/(NH/NKV):
-// scores = q·k/sqrt(D) in float32, softmax with the maximum subtracted (exp in float64, sum in
-// float64), then out = Σ p_s·v_s accumulated in float32.
+// scores = q·k/sqrt(D) in float32 (vec.Dot), softmax with the maximum subtracted (vec.ExpSum:
+// float32 exponentials summed in float64), then out = Σ p_s·v_s accumulated in float32 (vec.Axpy).
 func (be *Backend) AttentionForward(out, q, k, v backend.Buffer, B, T, S, pos0, NH, NKV, D int) {
 	o, qs, ks, vs := data(out), data(q), data(k), data(v)
 	need("AttentionForward", "out", o, B*T*NH*D)
@@ -153,29 +153,17 @@ func (be *Backend) attentionHeads(o, qs, ks, vs []float32, B, T, S, pos0, NH, NK
 			n := pos0 + t + 1                                 // visible keys
 			qv := qs[(b*T+t)*NH*D+h*D : (b*T+t)*NH*D+(h+1)*D] // (D,)
 			ov := o[(b*T+t)*NH*D+h*D : (b*T+t)*NH*D+(h+1)*D]  // (D,)
-			maxv := float32(math.Inf(-1))
-			for s := 0; s < n; s++ {
+			sc := att[:n] // (n,) scores, then probabilities
+			for s := range sc {
 				kv := ks[(b*S+s)*NKV*D+kh*D : (b*S+s)*NKV*D+(kh+1)*D] // (D,)
-				a := dot1(qv, kv) * scale
-				att[s] = a
-				if a > maxv {
-					maxv = a
-				}
+				sc[s] = vec.Dot(qv, kv) * scale
 			}
-			var sum float64
-			for s := 0; s < n; s++ {
-				e := math.Exp(float64(att[s] - maxv))
-				att[s] = float32(e)
-				sum += e
-			}
-			inv := float32(1 / sum)
+			maxv := vec.Max(sc)
+			inv := float32(1 / vec.ExpSum(sc, sc, maxv, 1))
 			clear(ov)
-			for s := 0; s < n; s++ {
-				p := att[s] * inv
+			for s, e := range sc {
 				vv := vs[(b*S+s)*NKV*D+kh*D : (b*S+s)*NKV*D+(kh+1)*D] // (D,)
-				for d, x := range vv {
-					ov[d] += p * x
-				}
+				vec.Axpy(ov, vv, e*inv)
 			}
 		}
 	}
