@@ -153,7 +153,7 @@ func (be *Backend) attentionHeads(o, qs, ks, vs []float32, B, T, S, pos0, NH, NK
 			n := pos0 + t + 1                                 // visible keys
 			qv := qs[(b*T+t)*NH*D+h*D : (b*T+t)*NH*D+(h+1)*D] // (D,)
 			ov := o[(b*T+t)*NH*D+h*D : (b*T+t)*NH*D+(h+1)*D]  // (D,)
-			sc := att[:n] // (n,) scores, then probabilities
+			sc := att[:n]                                     // (n,) scores, then probabilities
 			for s := range sc {
 				kv := ks[(b*S+s)*NKV*D+kh*D : (b*S+s)*NKV*D+(kh+1)*D] // (D,)
 				sc[s] = vec.Dot(qv, kv) * scale

@@ -110,16 +110,6 @@ func (be *Backend) MatMulBackward(dx, dw, dbias, dy, x, w backend.Buffer, N, C, 
 	}
 }
 
-// dot1 returns the dot product of a and b (len(b) ≥ len(a)), summed in order.
-func dot1(a, b []float32) float32 {
-	b = b[:len(a)]
-	var s float32
-	for k, av := range a {
-		s += av * b[k]
-	}
-	return s
-}
-
 // gemmRun is the gemm.Runner over the worker pool: the product's job rides in a recycled
 // argument struct, so a parallel GEMM allocates nothing.
 func gemmRun(n, align, workers int, body gemm.Body) {
