@@ -22,6 +22,7 @@ type Context struct {
 	alloc   allocator    // used only on the owner thread
 	mod     *module      // the kernels (kernels.ElementwisePTX), loaded at Open
 	slots   argSlots     // launch argument memory, owner thread only
+	blas    *blasHandle  // cuBLAS, created on the owner thread
 	mu      sync.RWMutex // held for reading by each call in flight, for writing by Close
 	closed  bool
 }
@@ -29,6 +30,9 @@ type Context struct {
 // Open retains the primary context of device ordinal on a new owner thread.
 func Open(ordinal int) (*Context, error) {
 	if err := loadDriver(); err != nil {
+		return nil, err
+	}
+	if err := loadBLAS(); err != nil {
 		return nil, err
 	}
 	c := &Context{Ordinal: ordinal, calls: make(chan func())}
@@ -49,8 +53,12 @@ func (c *Context) own(ready chan<- error) {
 	if err == nil {
 		c.mod, err = drvLoadModule(kernels.ElementwisePTX, kernels.Entries)
 		if err != nil {
-			drvRelease(dev)
 			err = fmt.Errorf("load the kernels: %w", err)
+		} else if c.blas, err = blasCreate(); err != nil {
+			c.mod.unload()
+		}
+		if err != nil {
+			drvRelease(dev)
 		}
 	}
 	ready <- err
@@ -60,6 +68,7 @@ func (c *Context) own(ready chan<- error) {
 	for f := range c.calls {
 		f()
 	}
+	c.blas.destroy()
 	c.mod.unload()
 	c.slots.free()
 	c.alloc.releaseAll()
@@ -72,6 +81,32 @@ func (c *Context) own(ready chan<- error) {
 // and reports a failure that happened while they ran.
 func (c *Context) Launch(fn string, grid, block, shmem int, args ...any) error {
 	return c.do(func() error { return drvLaunch(&c.slots, c.mod, fn, grid, block, shmem, args) })
+}
+
+// The matrix products of the training step on row-major float32 matrices, through cuBLAS
+// (column-major: a row-major M×N matrix is its N×M transpose, so each product is computed as
+// its transpose).
+
+// MatMulNT computes y (N, OC) = x (N, C)·wᵀ, plus the old y when acc; w (OC, C).
+func (c *Context) MatMulNT(y, x, w Ptr, N, C, OC int, acc bool) error {
+	beta := float32(0)
+	if acc {
+		beta = 1
+	}
+	// yᵀ (OC, N) = w·xᵀ
+	return c.do(func() error { return c.blas.sgemm(true, false, OC, N, C, 1, w, C, x, C, beta, y, OC) })
+}
+
+// MatMulNN computes dx (N, C) += dy (N, OC)·w; w (OC, C).
+func (c *Context) MatMulNN(dx, dy, w Ptr, N, C, OC int) error {
+	// dxᵀ (C, N) += wᵀ·dyᵀ
+	return c.do(func() error { return c.blas.sgemm(false, false, C, N, OC, 1, w, C, dy, OC, 1, dx, C) })
+}
+
+// MatMulTN computes dw (OC, C) += dyᵀ·x; dy (N, OC), x (N, C).
+func (c *Context) MatMulTN(dw, dy, x Ptr, N, C, OC int) error {
+	// dwᵀ (C, OC) += xᵀ·dy
+	return c.do(func() error { return c.blas.sgemm(false, true, C, OC, N, 1, x, C, dy, OC, 1, dw, C) })
 }
 
 // Sync waits for every launched kernel and returns the first error of the device, if any.

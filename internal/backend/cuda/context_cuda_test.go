@@ -122,6 +122,53 @@ func TestContextChild(t *testing.T) {
 		t.Errorf("Memset32: %v %x", err, g)
 	}
 
+	// The three row-major products through the stand-in cuBLAS, against loops here.
+	N, C, OC := 5, 7, 3
+	x, w, dy := randf(r, N*C), randf(r, OC*C), randf(r, N*OC)
+	y0, dx0, dw0 := randf(r, N*OC), randf(r, N*C), randf(r, OC*C)
+	px, pw, pdy := devF(t, c, x), devF(t, c, w), devF(t, c, dy)
+	for _, acc := range []bool{false, true} {
+		py := devF(t, c, y0)
+		if !acc {
+			c.Memset32(py, 0x7fc00000, N*OC) // beta 0: the old y (NaN here) is not read
+		}
+		if err := c.MatMulNT(py, px, pw, N, C, OC, acc); err != nil {
+			t.Fatal(err)
+		}
+		want := make([]float32, N*OC)
+		for n := range N {
+			for o := range OC {
+				var s float64
+				for k := range C {
+					s += float64(x[n*C+k]) * float64(w[o*C+k])
+				}
+				if acc {
+					s += float64(y0[n*OC+o])
+				}
+				want[n*OC+o] = float32(s)
+			}
+		}
+		near(t, "MatMulNT", downF(t, c, py, N*OC), want)
+	}
+	pdx, pdw := devF(t, c, dx0), devF(t, c, dw0)
+	if err := c.MatMulNN(pdx, pdy, pw, N, C, OC); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.MatMulTN(pdw, pdy, px, N, C, OC); err != nil {
+		t.Fatal(err)
+	}
+	wantDx, wantDw := slices.Clone(dx0), slices.Clone(dw0)
+	for n := range N {
+		for k := range C {
+			for o := range OC {
+				wantDx[n*C+k] += dy[n*OC+o] * w[o*C+k]
+				wantDw[o*C+k] += dy[n*OC+o] * x[n*C+k]
+			}
+		}
+	}
+	near(t, "MatMulNN", downF(t, c, pdx, N*C), wantDx)
+	near(t, "MatMulTN", downF(t, c, pdw, OC*C), wantDw)
+
 	free, total, err := c.MemInfo()
 	if err != nil || total != 80<<30 || free >= total {
 		t.Errorf("MemInfo = %d free of %d, %v", free, total, err)
@@ -131,5 +178,43 @@ func TestContextChild(t *testing.T) {
 	}
 	if _, err := c.Alloc(4); err == nil {
 		t.Error("Alloc after Close succeeded")
+	}
+}
+
+func randf(r *rand.Rand, n int) []float32 {
+	x := make([]float32, n)
+	for i := range x {
+		x[i] = r.Float32()*2 - 1
+	}
+	return x
+}
+
+func devF(t *testing.T, c *Context, x []float32) Ptr {
+	t.Helper()
+	p, err := c.Alloc(4 * len(x))
+	if err == nil {
+		err = c.UploadF32(p, x)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func downF(t *testing.T, c *Context, p Ptr, n int) []float32 {
+	t.Helper()
+	x := make([]float32, n)
+	if err := c.DownloadF32(x, p); err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+func near(t *testing.T, what string, got, want []float32) {
+	t.Helper()
+	for i := range want {
+		if d := got[i] - want[i]; d != d || d > 1e-5 || d < -1e-5 {
+			t.Fatalf("%s: [%d] = %g, want %g", what, i, got[i], want[i])
+		}
 	}
 }

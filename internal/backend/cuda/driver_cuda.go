@@ -7,6 +7,7 @@ package cuda
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include <sys/syscall.h>
@@ -110,6 +111,45 @@ static lcd_result lcd_launch(lcd_function f, unsigned int grid, unsigned int blo
 	for (int i = 0; i < nargs; i++) params[i] = (char *)argvals + 8 * i;
 	return lcd.launchKernel(f, grid, 1, 1, block, 1, 1, shmem, NULL, params, NULL);
 }
+// cuBLAS, by our own prototypes: cublasStatus_t is an int, cublasHandle_t a pointer,
+// cublasOperation_t an int (N = 0, T = 1); alpha and beta are host pointers (the default).
+typedef int lcb_status;
+typedef void *lcb_handle;
+static struct {
+	void *h;
+	char name[256];
+	lcb_status (*create)(lcb_handle *);
+	lcb_status (*destroy)(lcb_handle);
+	lcb_status (*sgemm)(lcb_handle, int, int, int, int, int, const float *, const float *, int,
+		const float *, int, const float *, float *, int);
+} lcb;
+
+// lcb_load dlopens cuBLAS (env first, then .so.13, .12, .11) and resolves its entry points; it
+// returns "" on success, else what is missing.
+static const char *lcb_load(const char *env) {
+	if (lcb.h != NULL) return "";
+	const char *names[] = {env, "libcublas.so.13", "libcublas.so.12", "libcublas.so.11"};
+	void *h = NULL;
+	for (int i = 0; i < 4 && h == NULL; i++) {
+		if (names[i] == NULL || names[i][0] == 0) continue;
+		h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+		if (h != NULL) snprintf(lcb.name, sizeof lcb.name, "%s", names[i]);
+	}
+	if (h == NULL) return "libcublas";
+	if ((*(void **)&lcb.create = dlsym(h, "cublasCreate_v2")) == NULL) return "cublasCreate_v2";
+	if ((*(void **)&lcb.destroy = dlsym(h, "cublasDestroy_v2")) == NULL) return "cublasDestroy_v2";
+	if ((*(void **)&lcb.sgemm = dlsym(h, "cublasSgemm_v2")) == NULL) return "cublasSgemm_v2";
+	lcb.h = h;
+	return "";
+}
+static const char *lcb_name(void) { return lcb.name; }
+static lcb_status lcb_create(lcb_handle *hd) { return lcb.create(hd); }
+static lcb_status lcb_destroy(lcb_handle hd) { return lcb.destroy(hd); }
+static lcb_status lcb_sgemm(lcb_handle hd, int ta, int tb, int m, int n, int k, float alpha,
+		lcd_dptr a, int lda, lcd_dptr b, int ldb, float beta, lcd_dptr c, int ldc) {
+	return lcb.sgemm(hd, ta, tb, m, n, k, &alpha, (const float *)(size_t)a, lda, (const float *)(size_t)b, ldb, &beta, (float *)(size_t)c, ldc);
+}
+
 static long lcd_gettid(void) { return (long)syscall(SYS_gettid); }
 */
 import "C"
@@ -118,6 +158,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"strconv"
 	"sync"
 	"unsafe"
 )
@@ -286,4 +328,61 @@ func drvLaunch(slots *argSlots, md *module, fn string, grid, block, shmem int, a
 		}
 	}
 	return check("cuLaunchKernel("+fn+")", C.lcd_launch(f, C.uint(grid), C.uint(block), C.uint(shmem), slots.p, C.int(len(args))))
+}
+
+// blasHandle is a cuBLAS handle of the context (created on the owner thread).
+type blasHandle struct{ h C.lcb_handle }
+
+var (
+	blasOnce sync.Once
+	blasErr  error
+	blasName string
+)
+
+// loadBLAS resolves cuBLAS once.
+func loadBLAS() error {
+	blasOnce.Do(func() {
+		env := C.CString(os.Getenv("LORACTL_CUBLAS"))
+		defer C.free(unsafe.Pointer(env))
+		if missing := C.GoString(C.lcb_load(env)); missing != "" {
+			if missing == "libcublas" {
+				blasErr = errors.New("cuda: cuBLAS not found (tried $LORACTL_CUBLAS, libcublas.so.13, .12, .11): install the CUDA runtime libraries or point LORACTL_CUBLAS at libcublas.so")
+			} else {
+				blasErr = fmt.Errorf("cuda: %s has no %s: cuBLAS is too old", C.GoString(C.lcb_name()), missing)
+			}
+			return
+		}
+		blasName = C.GoString(C.lcb_name())
+	})
+	return blasErr
+}
+
+// checkBLAS turns a cublasStatus_t into nil or an *Error.
+func checkBLAS(call string, st C.lcb_status) error {
+	if st == 0 {
+		return nil
+	}
+	return &Error{Call: call, Code: int(st), Msg: "cuBLAS status " + strconv.Itoa(int(st))}
+}
+
+func blasCreate() (*blasHandle, error) {
+	var h C.lcb_handle
+	if err := checkBLAS("cublasCreate", C.lcb_create(&h)); err != nil {
+		return nil, err
+	}
+	return &blasHandle{h: h}, nil
+}
+
+func (b *blasHandle) destroy() error { return checkBLAS("cublasDestroy", C.lcb_destroy(b.h)) }
+
+// sgemm is cublasSgemm (column-major): C = alpha·op(A)·op(B) + beta·C, op(A) m×k, op(B) k×n.
+func (b *blasHandle) sgemm(transA, transB bool, m, n, k int, alpha float32, a Ptr, lda int, bm Ptr, ldb int, beta float32, c Ptr, ldc int) error {
+	op := func(t bool) C.int {
+		if t {
+			return 1
+		}
+		return 0
+	}
+	return checkBLAS("cublasSgemm", C.lcb_sgemm(b.h, op(transA), op(transB), C.int(m), C.int(n), C.int(k),
+		C.float(alpha), C.lcd_dptr(a), C.int(lda), C.lcd_dptr(bm), C.int(ldb), C.float(beta), C.lcd_dptr(c), C.int(ldc)))
 }

@@ -6,8 +6,9 @@ import (
 	"testing"
 )
 
-// TestShimMatchesHeaders compiles testdata/static_check.c against the installed cuda.h: the
-// shim's hand-written types, constants and entry-point signatures must match NVIDIA's. It
+// TestShimMatchesHeaders compiles testdata/static_check.c and static_check_cublas.c against
+// the installed cuda.h and cublas_v2.h: the shim's hand-written types, constants and
+// entry-point signatures must match NVIDIA's. It
 // skips where the CUDA headers are not installed.
 func TestShimMatchesHeaders(t *testing.T) {
 	gcc, err := exec.LookPath("gcc")
@@ -24,8 +25,10 @@ func TestShimMatchesHeaders(t *testing.T) {
 	if inc == "" {
 		t.Skip("cuda.h not found (install the CUDA toolkit: ../shared/tools/install-nvcc.sh, or set CUDA_HOME)")
 	}
-	out, err := exec.Command(gcc, "-fsyntax-only", "-std=c11", "-Werror", "-Wincompatible-pointer-types", "-I", inc, "testdata/static_check.c").CombinedOutput()
-	if err != nil {
-		t.Fatalf("the shim's prototypes disagree with %s/cuda.h: %v\n%s", inc, err, out)
+	for _, f := range []string{"testdata/static_check.c", "testdata/static_check_cublas.c"} {
+		out, err := exec.Command(gcc, "-fsyntax-only", "-std=c11", "-Werror", "-Wincompatible-pointer-types", "-I", inc, f).CombinedOutput()
+		if err != nil {
+			t.Errorf("%s: the shim's prototypes disagree with the headers in %s: %v\n%s", f, inc, err, out)
+		}
 	}
 }

@@ -279,3 +279,33 @@ func TestKernelAdamW(t *testing.T) {
 		}
 	}
 }
+
+// TestCuBLASProducts: the three row-major products through cuBLAS against the CPU backend's
+// MatMulForward / MatMulBackward, on ragged shapes.
+func TestCuBLASProducts(t *testing.T) {
+	c := gpu(t)
+	r := rand.New(rand.NewPCG(7, 7))
+	N, C, OC := 37, 29, 19
+	x, w, dy := randv(r, N*C, 1), randv(r, OC*C, 1), randv(r, N*OC, 1)
+	dx0, dw0 := randv(r, N*C, 1), randv(r, OC*C, 1)
+	h := cpuBufs{cpu.New()}
+	y := h.be.Alloc(N * OC)
+	h.be.MatMulForward(y, h.up(x), h.up(w), nil, N, C, OC)
+	dxc, dwc := h.up(dx0), h.up(dw0)
+	h.be.MatMulBackward(dxc, dwc, nil, h.up(dy), h.up(x), h.up(w), N, C, OC)
+
+	px, pw, pdy, py := dev(t, c, x, 0), dev(t, c, w, 0), dev(t, c, dy, 0), dev(t, c, nil, N*OC)
+	if err := c.MatMulNT(py, px, pw, N, C, OC, false); err != nil {
+		t.Fatal(err)
+	}
+	closeTo(t, "MatMulNT", get(t, c, py, N*OC), h.down(y), 1e-5)
+	pdx, pdw := dev(t, c, dx0, 0), dev(t, c, dw0, 0)
+	if err := c.MatMulNN(pdx, pdy, pw, N, C, OC); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.MatMulTN(pdw, pdy, px, N, C, OC); err != nil {
+		t.Fatal(err)
+	}
+	closeTo(t, "MatMulNN", get(t, c, pdx, N*C), h.down(dxc), 1e-5)
+	closeTo(t, "MatMulTN", get(t, c, pdw, OC*C), h.down(dwc), 1e-5)
+}

@@ -37,8 +37,8 @@ func probeIn(t *testing.T, libdir string, env ...string) Report {
 	return r
 }
 
-// fakeLibs builds the stand-in libcuda.so.1 (one device, memory in host RAM) and an empty
-// libcuda.so.12 into a temporary folder and returns it (with the path of gcc).
+// fakeLibs builds the stand-in libcuda.so.1 (one device, memory in host RAM) and
+// libcublas.so.12 (a plain sgemm) into a temporary folder and returns it (with gcc's path).
 func fakeLibs(t *testing.T) (dir, gcc string) {
 	t.Helper()
 	gcc, err := exec.LookPath("gcc")
@@ -48,7 +48,7 @@ func fakeLibs(t *testing.T) (dir, gcc string) {
 	dir = t.TempDir()
 	for _, c := range [][]string{
 		{"-shared", "-fPIC", "-o", filepath.Join(dir, "libcuda.so.1"), "testdata/fakecuda.c"},
-		{"-shared", "-fPIC", "-o", filepath.Join(dir, "libcublas.so.12"), "-x", "c", "/dev/null"},
+		{"-shared", "-fPIC", "-o", filepath.Join(dir, "libcublas.so.12"), "testdata/fakecublas.c"},
 	} {
 		if out, err := exec.Command(gcc, c...).CombinedOutput(); err != nil {
 			t.Fatalf("gcc %v: %v\n%s", c, err, out)
