@@ -10,11 +10,22 @@
 package kernels
 
 //go:generate nvcc -ptx -arch=compute_80 -O3 -o elementwise.ptx elementwise.cu
+//go:generate nvcc -ptx -arch=compute_80 -O3 -o attention.ptx attention.cu
 
-// Entries lists the kernels of elementwise.ptx, each the twin of a CPU backend op.
-var Entries = []string{
-	"rmsnorm_forward", "rmsnorm_backward_rows", "rmsnorm_backward_dw",
-	"swiglu_forward", "swiglu_backward", "rope_pos",
-	"embedding_forward", "embedding_forward_bf16", "add_forward", "axpy", "scale",
-	"cast_f32_bf16", "cast_bf16_f32", "cross_entropy", "adamw",
+// Module is one compiled .cu file: its PTX and the kernels it defines.
+type Module struct {
+	Name    string   // the .cu file's base name
+	PTX     string   // its PTX (embedded from the committed .ptx file)
+	Entries []string // the kernels it defines
+}
+
+// Modules lists every module, each kernel the twin of a CPU backend op.
+var Modules = []Module{
+	{"elementwise", ElementwisePTX, []string{
+		"rmsnorm_forward", "rmsnorm_backward_rows", "rmsnorm_backward_dw",
+		"swiglu_forward", "swiglu_backward", "rope_pos",
+		"embedding_forward", "embedding_forward_bf16", "add_forward", "axpy", "scale",
+		"cast_f32_bf16", "cast_bf16_f32", "cross_entropy", "adamw",
+	}},
+	{"attention", AttentionPTX, []string{"attention_forward", "add_bias"}},
 }

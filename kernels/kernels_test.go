@@ -9,29 +9,31 @@ import (
 	"testing"
 )
 
-// TestEntries: the committed PTX defines every kernel of Entries, and no other.
+// TestEntries: each module's committed PTX defines exactly the kernels it lists.
 func TestEntries(t *testing.T) {
-	var got []string
-	for _, line := range strings.Split(ElementwisePTX, "\n") {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), ".visible .entry "); ok {
-			got = append(got, strings.TrimSuffix(rest, "("))
+	for _, m := range Modules {
+		var got []string
+		for _, line := range strings.Split(m.PTX, "\n") {
+			if rest, ok := strings.CutPrefix(strings.TrimSpace(line), ".visible .entry "); ok {
+				got = append(got, strings.TrimSuffix(rest, "("))
+			}
 		}
-	}
-	want := map[string]bool{}
-	for _, e := range Entries {
-		want[e] = true
-	}
-	for _, g := range got {
-		if !want[g] {
-			t.Errorf("elementwise.ptx defines %q, which Entries does not list", g)
+		want := map[string]bool{}
+		for _, e := range m.Entries {
+			want[e] = true
 		}
-		delete(want, g)
-	}
-	for e := range want {
-		t.Errorf("elementwise.ptx lacks kernel %q (run go generate ./kernels)", e)
-	}
-	if !strings.Contains(ElementwisePTX, ".target sm_80") {
-		t.Error("elementwise.ptx is not compiled for compute_80")
+		for _, g := range got {
+			if !want[g] {
+				t.Errorf("%s.ptx defines %q, which Modules does not list", m.Name, g)
+			}
+			delete(want, g)
+		}
+		for e := range want {
+			t.Errorf("%s.ptx lacks kernel %q (run go generate ./kernels)", m.Name, e)
+		}
+		if !strings.Contains(m.PTX, ".target sm_80") {
+			t.Errorf("%s.ptx is not compiled for compute_80", m.Name)
+		}
 	}
 }
 
@@ -42,10 +44,12 @@ func TestPTXAssembles(t *testing.T) {
 	if err != nil {
 		t.Skip("ptxas not found (install the CUDA toolkit: ../shared/tools/install-nvcc.sh)")
 	}
-	for _, sm := range []string{"sm_80", "sm_90"} {
-		out, err := exec.Command(ptxas, "-arch="+sm, "-o", filepath.Join(t.TempDir(), "k.cubin"), "elementwise.ptx").CombinedOutput()
-		if err != nil {
-			t.Errorf("ptxas -arch=%s: %v\n%s", sm, err, out)
+	for _, m := range Modules {
+		for _, sm := range []string{"sm_80", "sm_90"} {
+			out, err := exec.Command(ptxas, "-arch="+sm, "-o", filepath.Join(t.TempDir(), "k.cubin"), m.Name+".ptx").CombinedOutput()
+			if err != nil {
+				t.Errorf("ptxas -arch=%s %s.ptx: %v\n%s", sm, m.Name, err, out)
+			}
 		}
 	}
 }
@@ -63,18 +67,20 @@ func TestPTXUpToDate(t *testing.T) {
 	if i := bytes.Index(ver, []byte("release ")); i >= 0 {
 		rel, _, _ = strings.Cut(string(ver[i:]), ",")
 	}
-	if rel == "" || !strings.Contains(ElementwisePTX, "compilation tools, "+rel+",") {
-		t.Skipf("local nvcc (%s) is not the release that made elementwise.ptx", strings.TrimSpace(rel))
-	}
-	out := filepath.Join(t.TempDir(), "elementwise.ptx")
-	if b, err := exec.Command(nvcc, "-ptx", "-arch=compute_80", "-O3", "-o", out, "elementwise.cu").CombinedOutput(); err != nil {
-		t.Fatalf("nvcc: %v\n%s", err, b)
-	}
-	fresh, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(fresh, []byte(ElementwisePTX)) {
-		t.Error("elementwise.ptx is stale: run go generate ./kernels and commit the result")
+	for _, m := range Modules {
+		if rel == "" || !strings.Contains(m.PTX, "compilation tools, "+rel+",") {
+			t.Skipf("local nvcc (%s) is not the release that made %s.ptx", strings.TrimSpace(rel), m.Name)
+		}
+		out := filepath.Join(t.TempDir(), m.Name+".ptx")
+		if b, err := exec.Command(nvcc, "-ptx", "-arch=compute_80", "-O3", "-o", out, m.Name+".cu").CombinedOutput(); err != nil {
+			t.Fatalf("nvcc %s.cu: %v\n%s", m.Name, err, b)
+		}
+		fresh, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(fresh, []byte(m.PTX)) {
+			t.Errorf("%s.ptx is stale: run go generate ./kernels and commit the result", m.Name)
+		}
 	}
 }

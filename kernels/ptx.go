@@ -6,3 +6,8 @@ import _ "embed"
 //
 //go:embed elementwise.ptx
 var ElementwisePTX string
+
+// AttentionPTX is attention.cu compiled by `go generate`.
+//
+//go:embed attention.ptx
+var AttentionPTX string

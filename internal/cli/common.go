@@ -38,9 +38,9 @@ func resolveModelDir(dir string) (string, error) {
 	return dir, nil
 }
 
-// openBackend returns the compute backend for a --device value: cpu; cuda or cuda:N (an error
-// saying why when that GPU cannot be used); auto (a usable GPU, else the CPU, noting on log why a
-// CUDA build fell back).
+// openBackend returns the compute backend for a --device value: cpu; cuda or cuda:N (the CUDA
+// backend, inference ops only so far; an error saying why when that GPU cannot be used); auto
+// (the CPU for now, noting on log what a CUDA build found).
 func openBackend(device string, log io.Writer) (backend.Backend, error) {
 	switch {
 	case device == "cpu":
@@ -50,7 +50,7 @@ func openBackend(device string, log io.Writer) (backend.Backend, error) {
 		if r.Built && !r.Usable() {
 			fmt.Fprintf(log, "loractl: no usable GPU (%s); running on the CPU\n", r.Err)
 		} else if r.Usable() {
-			fmt.Fprintf(log, "loractl: found %s (cuda:0), but the CUDA backend's kernels are not in this build yet (issue #5); running on the CPU\n", r.Devices[0].Name)
+			fmt.Fprintf(log, "loractl: found %s (cuda:0); --device auto stays on the CPU until the CUDA backend is complete (issue #5): --device cuda:0 runs inference on the GPU\n", r.Devices[0].Name)
 		}
 		return cpu.New(), nil
 	case device == "cuda" || strings.HasPrefix(device, "cuda:"):
@@ -71,7 +71,11 @@ func openBackend(device string, log io.Writer) (backend.Backend, error) {
 		case r.Err != "":
 			return nil, fmt.Errorf("--device %s: %s", device, r.Err)
 		}
-		return nil, fmt.Errorf("--device %s: found %s, but the CUDA backend's kernels are not in this build yet (issue #5); use --device cpu or auto", device, r.Devices[idx].Name)
+		be, err := cuda.OpenBackend(idx)
+		if err != nil {
+			return nil, fmt.Errorf("--device %s (%s): %w", device, r.Devices[idx].Name, err)
+		}
+		return be, nil
 	default:
 		return nil, usageError{fmt.Errorf("--device %q: want auto, cpu, cuda or cuda:N", device)}
 	}

@@ -20,7 +20,7 @@ type Context struct {
 	Ordinal int
 	calls   chan func()
 	alloc   allocator    // used only on the owner thread
-	mod     *module      // the kernels (kernels.ElementwisePTX), loaded at Open
+	mods    []*module    // the kernels (kernels.Modules), loaded at Open
 	slots   argSlots     // launch argument memory, owner thread only
 	blas    *blasHandle  // cuBLAS, created on the owner thread
 	mu      sync.RWMutex // held for reading by each call in flight, for writing by Close
@@ -51,11 +51,21 @@ func (c *Context) own(ready chan<- error) {
 	defer runtime.UnlockOSThread()
 	_, dev, err := drvRetain(c.Ordinal)
 	if err == nil {
-		c.mod, err = drvLoadModule(kernels.ElementwisePTX, kernels.Entries)
+		for _, km := range kernels.Modules {
+			md, lerr := drvLoadModule(km.PTX, km.Entries)
+			if lerr != nil {
+				err = fmt.Errorf("load the %s kernels: %w", km.Name, lerr)
+				break
+			}
+			c.mods = append(c.mods, md)
+		}
+		if err == nil {
+			c.blas, err = blasCreate()
+		}
 		if err != nil {
-			err = fmt.Errorf("load the kernels: %w", err)
-		} else if c.blas, err = blasCreate(); err != nil {
-			c.mod.unload()
+			for _, md := range c.mods {
+				md.unload()
+			}
 		}
 		if err != nil {
 			drvRelease(dev)
@@ -69,7 +79,9 @@ func (c *Context) own(ready chan<- error) {
 		f()
 	}
 	c.blas.destroy()
-	c.mod.unload()
+	for _, md := range c.mods {
+		md.unload()
+	}
 	c.slots.free()
 	c.alloc.releaseAll()
 	drvRelease(dev)
@@ -80,7 +92,7 @@ func (c *Context) own(ready chan<- error) {
 // in the kernel's order. Launches are asynchronous: Sync (and every download) waits for them
 // and reports a failure that happened while they ran.
 func (c *Context) Launch(fn string, grid, block, shmem int, args ...any) error {
-	return c.do(func() error { return drvLaunch(&c.slots, c.mod, fn, grid, block, shmem, args) })
+	return c.do(func() error { return drvLaunch(&c.slots, c.mods, fn, grid, block, shmem, args) })
 }
 
 // The matrix products of the training step on row-major float32 matrices, through cuBLAS

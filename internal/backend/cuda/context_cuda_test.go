@@ -169,6 +169,36 @@ func TestContextChild(t *testing.T) {
 	near(t, "MatMulNN", downF(t, c, pdx, N*C), wantDx)
 	near(t, "MatMulTN", downF(t, c, pdw, OC*C), wantDw)
 
+	// The backend over the stand-in driver: memory ops work, an op's launch failure (the
+	// stand-in cannot run kernels) comes back from the next Download, naming the kernel.
+	be, err := New(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xb := be.Alloc(10)
+	zero := make([]float32, 10)
+	if err := be.Download(zero, xb); err != nil || !slices.Equal(zero, make([]float32, 10)) {
+		t.Fatalf("a new buffer is not zero: %v %v", zero, err)
+	}
+	src := randf(r, 10)
+	if err := be.Upload(xb, src); err != nil {
+		t.Fatal(err)
+	}
+	yb := be.Alloc(12)
+	be.Copy(yb, 2, xb, 0, 10)
+	got := make([]float32, 12)
+	if err := be.Download(got, yb); err != nil || !slices.Equal(got[2:], src) || got[0] != 0 {
+		t.Fatalf("Copy: %v %v", got, err)
+	}
+	be.AddForward(xb, xb, xb, 10)
+	if err := be.Download(zero, xb); err == nil || !strings.Contains(err.Error(), "add_forward") {
+		t.Errorf("a failed launch: Download returned %v", err)
+	}
+	if err := be.Download(zero, xb); err != nil {
+		t.Errorf("the error was reported twice: %v", err)
+	}
+	be.Close()
+
 	free, total, err := c.MemInfo()
 	if err != nil || total != 80<<30 || free >= total {
 		t.Errorf("MemInfo = %d free of %d, %v", free, total, err)

@@ -299,10 +299,16 @@ func (s *argSlots) free() {
 const maxKernelArgs = 32
 
 // drvLaunch launches fn with args (Ptr, int32, int64, float32, uint32 values) on grid×block.
-func drvLaunch(slots *argSlots, md *module, fn string, grid, block, shmem int, args []any) error {
-	f, ok := md.fns[fn]
-	if !ok {
-		return fmt.Errorf("cuda: no kernel %q in the module", fn)
+func drvLaunch(slots *argSlots, mods []*module, fn string, grid, block, shmem int, args []any) error {
+	var f C.lcd_function
+	found := false
+	for _, md := range mods {
+		if f, found = md.fns[fn]; found {
+			break
+		}
+	}
+	if !found {
+		return fmt.Errorf("cuda: no kernel %q in the loaded modules", fn)
 	}
 	if len(args) > maxKernelArgs {
 		return fmt.Errorf("cuda: %s: %d arguments, at most %d", fn, len(args), maxKernelArgs)

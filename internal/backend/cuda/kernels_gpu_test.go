@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/loractl/loractl/internal/backend"
+	"github.com/loractl/loractl/internal/backend/backendtest"
 	"github.com/loractl/loractl/internal/backend/cpu"
 	"github.com/loractl/loractl/internal/optim"
 	"github.com/loractl/loractl/internal/safetensors"
@@ -308,4 +309,16 @@ func TestCuBLASProducts(t *testing.T) {
 	}
 	closeTo(t, "MatMulNN", get(t, c, pdx, N*C), h.down(dxc), 1e-5)
 	closeTo(t, "MatMulTN", get(t, c, pdw, OC*C), h.down(dwc), 1e-5)
+}
+
+// TestConformance runs the backend conformance suite (forward ops so far) on the GPU against
+// float64 references, as the CPU backend does.
+func TestConformance(t *testing.T) {
+	gpu(t)
+	be, err := New(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	backendtest.Run(t, func() backend.Backend { return be })
 }
