@@ -13,8 +13,10 @@
 #                 CPU twin on the GPU (kernels_gpu_test.go)
 #   3. kernels    the committed PTX assembled by that machine's ptxas for sm_90, and the .cu files
 #                 rebuilt by its nvcc for sm_90 (catches what the older nvcc hid)
-#   4-6.          training, PEFT fidelity and speed against PEFT: not yet (the backend's ops are
-#                 the next part of issue #5); reported as "not yet"
+#   4. generate-vs-cpu  greedy generation with the repository's tiny model on the GPU and on the
+#                 CPU: the same text
+#   5-7.          training, PEFT fidelity and speed against PEFT: not yet (the training ops on the
+#                 device are the next part of issue #5); reported as "not yet"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 B=build/gpu
@@ -58,15 +60,16 @@ run() {
 	step devices bash -c "nvidia-smi; echo; ldconfig -p | grep -E 'libcuda.so|libcublas.so' ; echo; '$root/$B/loractl' inspect --devices; '$root/$B/loractl' inspect --devices --json"
 	step cuda-tests bash -c "cd internal/backend/cuda && LORACTL_REQUIRE_GPU=1 '$root/$B/cuda.test' -test.v -test.count=1"
 	step kernels bash -c "cd kernels && '$root/$B/kernels.test' -test.v -test.count=1 && if command -v nvcc >/dev/null; then nvcc --version | tail -2; nvcc -cubin -arch=sm_90 -O3 -o /tmp/loractl-elementwise.cubin elementwise.cu && echo 'nvcc sm_90: ok'; else echo 'nvcc not found: skipped the sm_90 rebuild'; fi"
+	step generate-vs-cpu bash -c "for p in '12+34=' '57-23=' '99+1='; do c=\$('$root/$B/loractl' generate --device cpu --model models/tiny-arith --prompt \"\$p\" -n 6 --temperature 0); g=\$('$root/$B/loractl' generate --device cuda:0 --model models/tiny-arith --prompt \"\$p\" -n 6 --temperature 0) || exit 1; echo \"cpu: \$c | gpu: \$g\"; [ \"\$c\" = \"\$g\" ] || exit 1; done"
 	for s in train-vs-cpu peft-fidelity speed-vs-peft; do
-		printf '| %s | not yet: the CUDA backend ops are the next part of issue #5 | - |\n' "$s" >>"$table"
+		printf '| %s | not yet: the training ops on the device are the next part of issue #5 | - |\n' "$s" >>"$table"
 	done
 	{
 		echo "# loractl GPU check"
 		echo
 		echo "commit $(cat "$B/commit" 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%MZ)"
 		echo
-		for f in devices cuda-tests kernels; do
+		for f in devices cuda-tests kernels generate-vs-cpu; do
 			echo "## $f"
 			echo '```'
 			tail -n 60 "$out/$f.log"
