@@ -27,5 +27,6 @@ var Modules = []Module{
 		"embedding_forward", "embedding_forward_bf16", "add_forward", "axpy", "scale",
 		"cast_f32_bf16", "cast_bf16_f32", "cross_entropy", "adamw",
 	}},
-	{"attention", AttentionPTX, []string{"attention_forward", "add_bias"}},
+	{"attention", AttentionPTX, []string{"attention_forward", "add_bias", "attention_train_forward",
+		"attention_backward_q", "attention_backward_kv", "embedding_backward", "bias_backward"}},
 }

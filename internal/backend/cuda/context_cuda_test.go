@@ -197,6 +197,11 @@ func TestContextChild(t *testing.T) {
 	if err := be.Download(zero, xb); err != nil {
 		t.Errorf("the error was reported twice: %v", err)
 	}
+	// A training op's failure is reported the same way.
+	be.SwiGLUBackward(yb, nil, xb, xb, xb, 10)
+	if err := be.Download(zero, xb); err == nil || !strings.Contains(err.Error(), "swiglu_backward") {
+		t.Errorf("a failed training launch: Download returned %v", err)
+	}
 	be.Close()
 
 	free, total, err := c.MemInfo()
