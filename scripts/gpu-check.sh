@@ -15,8 +15,9 @@
 #                 rebuilt by its nvcc for sm_90 (catches what the older nvcc hid)
 #   4. generate-vs-cpu  greedy generation with the repository's tiny model on the GPU and on the
 #                 CPU: the same text
-#   5-7.          training, PEFT fidelity and speed against PEFT: not yet (the training ops on the
-#                 device are the next part of issue #5); reported as "not yet"
+#   5. train-vs-cpu    50 LoRA steps of configs/quickstart.yaml on the GPU and on the CPU: every
+#                 step's loss within 1%
+#   6-7.          PEFT fidelity and speed against PEFT: not yet (next part of issue #5)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 B=build/gpu
@@ -61,15 +62,24 @@ run() {
 	step cuda-tests bash -c "cd internal/backend/cuda && LORACTL_REQUIRE_GPU=1 '$root/$B/cuda.test' -test.v -test.count=1"
 	step kernels bash -c "cd kernels && '$root/$B/kernels.test' -test.v -test.count=1 && if command -v nvcc >/dev/null; then nvcc --version | tail -2; nvcc -cubin -arch=sm_90 -O3 -o /tmp/loractl-elementwise.cubin elementwise.cu && echo 'nvcc sm_90: ok'; else echo 'nvcc not found: skipped the sm_90 rebuild'; fi"
 	step generate-vs-cpu bash -c "for p in '12+34=' '57-23=' '99+1='; do c=\$('$root/$B/loractl' generate --device cpu --model models/tiny-arith --prompt \"\$p\" -n 6 --temperature 0); g=\$('$root/$B/loractl' generate --device cuda:0 --model models/tiny-arith --prompt \"\$p\" -n 6 --temperature 0) || exit 1; echo \"cpu: \$c | gpu: \$g\"; [ \"\$c\" = \"\$g\" ] || exit 1; done"
-	for s in train-vs-cpu peft-fidelity speed-vs-peft; do
-		printf '| %s | not yet: the training ops on the device are the next part of issue #5 | - |\n' "$s" >>"$table"
+	step train-vs-cpu bash -c "for d in cpu cuda:0; do '$root/$B/loractl' train --config configs/quickstart.yaml --quiet --overwrite --max-steps 50 --set train.eval_every=0 --set train.device=\$d --out '$out/train-'\$d || exit 1; done; python3 - '$out/train-cpu/metrics.jsonl' '$out/train-cuda:0/metrics.jsonl' <<'PY'
+import json, sys
+def losses(p):
+    return [r['loss'] for r in map(json.loads, open(p)) if r.get('loss') is not None and r.get('step', 0) > 0]
+c, g = losses(sys.argv[1]), losses(sys.argv[2])
+worst = max(abs(a - b) / abs(a) for a, b in zip(c, g))
+print(f'{len(c)} steps; cpu loss {c[0]:.4f} -> {c[-1]:.4f}, gpu {g[0]:.4f} -> {g[-1]:.4f}; worst relative difference {worst:.2e}')
+sys.exit(0 if len(c) == len(g) == 50 and worst <= 0.01 else 1)
+PY"
+	for s in peft-fidelity speed-vs-peft; do
+		printf '| %s | not yet: the next part of issue #5 | - |\n' "$s" >>"$table"
 	done
 	{
 		echo "# loractl GPU check"
 		echo
 		echo "commit $(cat "$B/commit" 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%MZ)"
 		echo
-		for f in devices cuda-tests kernels generate-vs-cpu; do
+		for f in devices cuda-tests kernels generate-vs-cpu train-vs-cpu; do
 			echo "## $f"
 			echo '```'
 			tail -n 60 "$out/$f.log"

@@ -1,19 +1,17 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
-	"strings"
 
 	"github.com/loractl/loractl/internal/backend"
-	"github.com/loractl/loractl/internal/backend/cpu"
 	"github.com/loractl/loractl/internal/backend/cpu/gemm"
 	"github.com/loractl/loractl/internal/backend/cpu/vec"
-	"github.com/loractl/loractl/internal/backend/cuda"
+	"github.com/loractl/loractl/internal/device"
 )
 
 // TestdataEnv names the environment variable that points at the shared reference folder.
@@ -38,47 +36,17 @@ func resolveModelDir(dir string) (string, error) {
 	return dir, nil
 }
 
-// openBackend returns the compute backend for a --device value: cpu; cuda or cuda:N (the CUDA
-// backend, inference ops only so far; an error saying why when that GPU cannot be used); auto
-// (the CPU for now, noting on log what a CUDA build found).
-func openBackend(device string, log io.Writer) (backend.Backend, error) {
-	switch {
-	case device == "cpu":
-		return cpu.New(), nil
-	case device == "" || device == "auto":
-		r := cuda.Probe()
-		if r.Built && !r.Usable() {
-			fmt.Fprintf(log, "loractl: no usable GPU (%s); running on the CPU\n", r.Err)
-		} else if r.Usable() {
-			fmt.Fprintf(log, "loractl: found %s (cuda:0); --device auto stays on the CPU until the CUDA backend is complete (issue #5): --device cuda:0 runs inference on the GPU\n", r.Devices[0].Name)
-		}
-		return cpu.New(), nil
-	case device == "cuda" || strings.HasPrefix(device, "cuda:"):
-		idx := 0
-		if rest, ok := strings.CutPrefix(device, "cuda:"); ok {
-			n, err := strconv.Atoi(rest)
-			if err != nil || n < 0 {
-				return nil, usageError{fmt.Errorf("--device %q: want cuda:N with N a device index (see loractl inspect --devices)", device)}
-			}
-			idx = n
-		}
-		r := cuda.Probe()
-		switch {
-		case !r.Built || r.Err != "" && len(r.Devices) == 0:
-			return nil, fmt.Errorf("--device %s: %s", device, r.Err)
-		case idx >= len(r.Devices):
-			return nil, fmt.Errorf("--device %s: there are %d CUDA devices (cuda:0 to cuda:%d); see loractl inspect --devices", device, len(r.Devices), len(r.Devices)-1)
-		case r.Err != "":
-			return nil, fmt.Errorf("--device %s: %s", device, r.Err)
-		}
-		be, err := cuda.OpenBackend(idx)
-		if err != nil {
-			return nil, fmt.Errorf("--device %s (%s): %w", device, r.Devices[idx].Name, err)
-		}
-		return be, nil
-	default:
-		return nil, usageError{fmt.Errorf("--device %q: want auto, cpu, cuda or cuda:N", device)}
+// openBackend returns the compute backend for a --device value (see device.Open); a malformed
+// value is a usage error.
+func openBackend(spec string, log io.Writer) (backend.Backend, error) {
+	be, err := device.Open(spec, log)
+	if errors.Is(err, device.ErrBadSpec) {
+		return nil, usageError{fmt.Errorf("--device: %w", err)}
 	}
+	if err != nil {
+		return nil, fmt.Errorf("--%w", err)
+	}
+	return be, nil
 }
 
 // cpuDescription names the CPU kernels this binary runs, e.g. "4 threads, GEMM avx2, vectors avx2".

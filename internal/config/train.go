@@ -70,6 +70,7 @@ type TrainSection struct {
 	EvalEvery         int     `mapstructure:"eval_every" yaml:"eval_every"` // 0: only at the end
 	EvalBatches       int     `mapstructure:"eval_batches" yaml:"eval_batches"`
 	GradCheckpointing bool    `mapstructure:"grad_checkpointing" yaml:"grad_checkpointing"`
+	Device            string  `mapstructure:"device" yaml:"device"` // auto | cpu | cuda | cuda:N
 }
 
 // OutputSection says where the run is written.
@@ -85,7 +86,7 @@ func DefaultTrain() Train {
 		Data:  DataSection{EvalFraction: 0.05, Format: "auto", SeqLen: 256, Packing: true},
 		LoRA: LoRASection{Method: "lora", R: 8, Alpha: 16, Targets: []string{"q_proj", "v_proj"},
 			Init: "default"},
-		Train: TrainSection{LR: 2e-4, Schedule: "cosine", Warmup: 10, MaxSteps: 200, BatchSize: 4,
+		Train: TrainSection{Device: "auto", LR: 2e-4, Schedule: "cosine", Warmup: 10, MaxSteps: 200, BatchSize: 4,
 			GradAccum: 1, MaxGradNorm: 1.0, Seed: 42, EvalEvery: 50, EvalBatches: 8},
 		Output: OutputSection{Dir: "out"},
 	}
@@ -245,6 +246,7 @@ func (c *Train) Validate() error {
 	}
 	check(c.Train.LR > 0, "train.lr must be positive, got %g", c.Train.LR)
 	oneOf("train.schedule", c.Train.Schedule, "constant", "linear", "cosine")
+	check(validDevice(c.Train.Device), "train.device is %q; valid values: auto, cpu, cuda, cuda:N", c.Train.Device)
 	check(c.Train.Warmup >= 0, "train.warmup must not be negative, got %d", c.Train.Warmup)
 	check(c.Train.MaxSteps >= 1, "train.max_steps must be at least 1, got %d", c.Train.MaxSteps)
 	check(c.Train.BatchSize >= 1, "train.batch_size must be at least 1, got %d", c.Train.BatchSize)
@@ -381,4 +383,22 @@ func unsetVar(s string) string {
 		}
 	}
 	return ""
+}
+
+// validDevice reports whether s is auto, cpu, cuda or cuda:N (the spellings internal/device opens).
+func validDevice(s string) bool {
+	switch s {
+	case "auto", "cpu", "cuda":
+		return true
+	}
+	n, ok := strings.CutPrefix(s, "cuda:")
+	if !ok || n == "" {
+		return false
+	}
+	for _, r := range n {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
 }

@@ -120,6 +120,9 @@ func TestValidateTrain(t *testing.T) {
 		{"data.seq_len=1", "data.seq_len"},
 		{"lora.dropout=1.5", "lora.dropout"},
 		{"model.path=", "model.path is empty"},
+		{"train.device=gpu", `train.device is "gpu"; valid values: auto, cpu, cuda, cuda:N`},
+		{"train.device=cuda:x", `train.device is "cuda:x"`},
+		{"model.dtype=f16", `model.dtype is "f16"`},
 	} {
 		_, err := ResolveTrain("", append(append([]string{}, base...), c.set), nil)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -128,6 +131,11 @@ func TestValidateTrain(t *testing.T) {
 	}
 	if _, err := ResolveTrain("", append(base, "lora.r"), nil); err == nil || !strings.Contains(err.Error(), "key=value") {
 		t.Errorf("malformed --set: %v", err)
+	}
+	for _, d := range []string{"auto", "cpu", "cuda", "cuda:3"} {
+		if _, err := ResolveTrain("", append(append([]string{}, base...), "train.device="+d), nil); err != nil {
+			t.Errorf("train.device=%s: %v", d, err)
+		}
 	}
 	if _, err := ResolveTrain("", append(base, "train.max_steps=many"), nil); err == nil {
 		t.Errorf("--set train.max_steps=many was accepted")

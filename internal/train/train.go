@@ -16,10 +16,11 @@ import (
 	"time"
 
 	"github.com/loractl/loractl/internal/atomicfile"
-	"github.com/loractl/loractl/internal/backend/cpu"
+	"github.com/loractl/loractl/internal/backend"
 	"github.com/loractl/loractl/internal/chat"
 	"github.com/loractl/loractl/internal/config"
 	"github.com/loractl/loractl/internal/data"
+	"github.com/loractl/loractl/internal/device"
 	"github.com/loractl/loractl/internal/engine"
 	"github.com/loractl/loractl/internal/lora"
 	"github.com/loractl/loractl/internal/metrics"
@@ -111,7 +112,14 @@ func (j *job) setup() error {
 		return errors.New("model.dtype bf16 stores frozen weights, but lora.method full trains them in f32; set model.dtype: auto (or f32)")
 	}
 	opt := model.LoadOptions{KeepBF16: isLoRA && c.Model.DType == "auto", ToBF16: isLoRA && c.Model.DType == "bf16"}
-	if j.m, err = model.LoadWith(c.Model.Path, cpu.New(), opt); err != nil {
+	be, err := device.Open(c.Train.Device, j.log)
+	if err != nil {
+		return fmt.Errorf("train.device: %w", err)
+	}
+	if _, ok := be.(backend.Trainer); !ok {
+		return fmt.Errorf("train.device %s: the %s backend cannot train; use train.device: cpu", c.Train.Device, be.Name())
+	}
+	if j.m, err = model.LoadWith(c.Model.Path, be, opt); err != nil {
 		return err
 	}
 	mc := j.m.Config()
