@@ -2,31 +2,9 @@
 
 #include <stdint.h>
 
+#include "common.cuh"
+
 #define LC_EXTERN extern "C" __global__
-
-__device__ float blockSumA(float v) {
-	__shared__ float s[32];
-	for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	__syncthreads();
-	if (lane == 0) s[warp] = v;
-	__syncthreads();
-	v = lane < (int)(blockDim.x >> 5) ? s[lane] : 0.0f;
-	for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-	return v;
-}
-
-__device__ float blockMaxA(float v) {
-	__shared__ float s[32];
-	for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	__syncthreads();
-	if (lane == 0) s[warp] = v;
-	__syncthreads();
-	v = lane < (int)(blockDim.x >> 5) ? s[lane] : -INFINITY;
-	for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-	return v;
-}
 
 // AttentionForward over a KV cache: one block per query row (b, h, t). Query t of batch b is at
 // position pos0+t and attends to keys 0..pos0+t of KV head h/(NH/NKV); scores go to the scratch
@@ -49,14 +27,14 @@ LC_EXTERN void attention_forward(float *out, const float *q, const float *k, con
 	__syncthreads();
 	float m = -INFINITY;
 	for (int s = threadIdx.x; s < n; s += blockDim.x) m = fmaxf(m, ar[s]);
-	m = blockMaxA(m);
+	m = blockMax(m);
 	float sum = 0.0f;
 	for (int s = threadIdx.x; s < n; s += blockDim.x) {
 		float e = expf(ar[s] - m);
 		ar[s] = e;
 		sum += e;
 	}
-	sum = blockSumA(sum);
+	sum = blockSum(sum);
 	__syncthreads();
 	float inv = 1.0f / sum;
 	float *or_ = out + ((size_t)(b * T + t) * NH + h) * D;
@@ -98,14 +76,14 @@ LC_EXTERN void attention_train_forward(float *out, float *att, const float *q, c
 	__syncthreads();
 	float m = -INFINITY;
 	for (int s = threadIdx.x; s <= t; s += blockDim.x) m = fmaxf(m, ar[s]);
-	m = blockMaxA(m);
+	m = blockMax(m);
 	float sum = 0.0f;
 	for (int s = threadIdx.x; s < T; s += blockDim.x) {
 		float e = s <= t ? expf(ar[s] - m) : 0.0f; // expf(-inf) = 0 for masked keys
 		ar[s] = e;
 		sum += e;
 	}
-	sum = blockSumA(sum);
+	sum = blockSum(sum);
 	float inv = 1.0f / sum;
 	for (int s = threadIdx.x; s <= t; s += blockDim.x) ar[s] *= inv;
 	__syncthreads();
@@ -139,7 +117,7 @@ LC_EXTERN void attention_backward_q(float *dq, float *dS, const float *dout, con
 		dr[s] = dp;
 		pdp += ar[s] * dp;
 	}
-	pdp = blockSumA(pdp);
+	pdp = blockSum(pdp);
 	for (int s = threadIdx.x; s < T; s += blockDim.x) dr[s] = ar[s] * (dr[s] - pdp) * scale;
 	__syncthreads();
 	if (dq == NULL) return;
