@@ -60,7 +60,7 @@ run() {
 
 	step devices bash -c "nvidia-smi; echo; ldconfig -p | grep -E 'libcuda.so|libcublas.so' ; echo; '$root/$B/loractl' inspect --devices; '$root/$B/loractl' inspect --devices --json"
 	step cuda-tests bash -c "cd internal/backend/cuda && LORACTL_REQUIRE_GPU=1 '$root/$B/cuda.test' -test.v -test.count=1"
-	step kernels bash -c "cd kernels && '$root/$B/kernels.test' -test.v -test.count=1 && if command -v nvcc >/dev/null; then nvcc --version | tail -2; for f in *.cu; do nvcc -cubin -arch=sm_90 -O3 -o /tmp/loractl-$f.cubin $f || exit 1; done && echo 'nvcc sm_90: ok'; else echo 'nvcc not found: skipped the sm_90 rebuild'; fi"
+	step kernels bash -c "cd kernels && '$root/$B/kernels.test' -test.v -test.count=1 && if command -v nvcc >/dev/null; then nvcc --version | tail -2; for f in *.cu; do nvcc -cubin -arch=sm_90 -O3 -o /tmp/loractl-\$f.cubin \$f || exit 1; done && echo 'nvcc sm_90: ok'; else echo 'nvcc not found: skipped the sm_90 rebuild'; fi"
 	step generate-vs-cpu bash -c "for p in '12+34=' '57-23=' '99+1='; do c=\$('$root/$B/loractl' generate --device cpu --model models/tiny-arith --prompt \"\$p\" -n 6 --temperature 0); g=\$('$root/$B/loractl' generate --device cuda:0 --model models/tiny-arith --prompt \"\$p\" -n 6 --temperature 0) || exit 1; echo \"cpu: \$c | gpu: \$g\"; [ \"\$c\" = \"\$g\" ] || exit 1; done"
 	step train-vs-cpu bash -c "for d in cpu cuda:0; do '$root/$B/loractl' train --config configs/quickstart.yaml --quiet --overwrite --max-steps 50 --set train.eval_every=0 --set train.device=\$d --out '$out/train-'\$d || exit 1; done; python3 - '$out/train-cpu/metrics.jsonl' '$out/train-cuda:0/metrics.jsonl' <<'PY'
 import json, sys
