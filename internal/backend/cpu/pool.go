@@ -184,16 +184,24 @@ func (h *helper) loop(p *pool) {
 // next waits until h.seq differs from seen and returns it: it spins for spinFor, then parks.
 // The protocol with run's CompareAndSwap: whoever flips parked from true to false owns the
 // wake-up, so a wake is neither lost nor sent twice.
+//
+// A wake-up never counts by itself: next returns only once seq has moved, and otherwise waits
+// again, so that even a wake-up left over from an earlier round cannot make the helper run a
+// chunk twice (its body would be the nil it left behind).
 func (h *helper) next(seen uint64) uint64 {
-	if spinUntil(func() bool { return h.seq.Load() != seen }) {
-		return h.seq.Load()
+	for {
+		if spinUntil(func() bool { return h.seq.Load() != seen }) {
+			return h.seq.Load()
+		}
+		h.parked.Store(true)
+		if h.seq.Load() != seen && h.parked.CompareAndSwap(true, false) {
+			return h.seq.Load()
+		}
+		<-h.wake
+		if s := h.seq.Load(); s != seen {
+			return s
+		}
 	}
-	h.parked.Store(true)
-	if h.seq.Load() != seen && h.parked.CompareAndSwap(true, false) {
-		return h.seq.Load()
-	}
-	<-h.wake
-	return h.seq.Load()
 }
 
 // spinUntil polls cond for about spinFor, yielding the processor between polls, and reports
