@@ -25,6 +25,11 @@ typedef void *lcd_function;
 static struct {
 	void *h;
 	lcd_result (*init)(unsigned int);
+	lcd_result (*driverGetVersion)(int *);
+	lcd_result (*deviceGetCount)(int *);
+	lcd_result (*deviceGetName)(char *, int, lcd_device);
+	lcd_result (*deviceTotalMem)(size_t *, lcd_device);
+	lcd_result (*deviceGetAttribute)(int *, int, lcd_device);
 	lcd_result (*deviceGet)(lcd_device *, int);
 	lcd_result (*primaryCtxRetain)(lcd_ctx *, lcd_device);
 	lcd_result (*primaryCtxRelease)(lcd_device);
@@ -47,12 +52,22 @@ static struct {
 
 // lcd_load dlopens libcuda.so.1 and resolves every entry point; it returns the name of the
 // first one missing, "" on success, or "libcuda.so.1" when the library itself is missing.
+static char lcd_dlerr[256];
 static const char *lcd_load(void) {
 	if (lcd.h != NULL) return "";
 	void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-	if (h == NULL) return "libcuda.so.1";
+	if (h == NULL) {
+		const char *e = dlerror();
+		snprintf(lcd_dlerr, sizeof lcd_dlerr, "%s", e != NULL ? e : "not found");
+		return "libcuda.so.1";
+	}
 #define LCD_SYM(field, name) if ((*(void **)&lcd.field = dlsym(h, name)) == NULL) return name;
 	LCD_SYM(init, "cuInit")
+	LCD_SYM(driverGetVersion, "cuDriverGetVersion")
+	LCD_SYM(deviceGetCount, "cuDeviceGetCount")
+	LCD_SYM(deviceGetName, "cuDeviceGetName")
+	LCD_SYM(deviceTotalMem, "cuDeviceTotalMem_v2")
+	LCD_SYM(deviceGetAttribute, "cuDeviceGetAttribute")
 	LCD_SYM(deviceGet, "cuDeviceGet")
 	LCD_SYM(primaryCtxRetain, "cuDevicePrimaryCtxRetain")
 	if ((*(void **)&lcd.primaryCtxRelease = dlsym(h, "cuDevicePrimaryCtxRelease_v2")) == NULL) {
@@ -78,6 +93,20 @@ static const char *lcd_load(void) {
 }
 
 static lcd_result lcd_init(void) { return lcd.init(0); }
+static const char *lcd_dlerror(void) { return lcd_dlerr; }
+static lcd_result lcd_version(int *v) { return lcd.driverGetVersion(v); }
+static lcd_result lcd_count(int *n) { return lcd.deviceGetCount(n); }
+
+// lcd_describe fills one device's name, memory and compute capability (attributes 75, 76).
+static lcd_result lcd_describe(int ordinal, char *name, int cap, size_t *mem, int *major, int *minor) {
+	lcd_device d;
+	lcd_result rc = lcd.deviceGet(&d, ordinal);
+	if (rc == 0) rc = lcd.deviceGetName(name, cap, d);
+	if (rc == 0) rc = lcd.deviceTotalMem(mem, d);
+	if (rc == 0) rc = lcd.deviceGetAttribute(major, 75, d);
+	if (rc == 0) rc = lcd.deviceGetAttribute(minor, 76, d);
+	return rc;
+}
 static lcd_result lcd_retain(int ordinal, lcd_ctx *ctx, lcd_device *dev) {
 	lcd_result rc = lcd.deviceGet(dev, ordinal);
 	if (rc != 0) return rc;
@@ -160,6 +189,7 @@ import (
 	"math"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"unsafe"
 )
@@ -185,24 +215,78 @@ func check(call string, rc C.lcd_result) error {
 }
 
 var (
-	loadOnce sync.Once
-	loadErr  error
+	loadOnce  sync.Once
+	libErr    error // libcuda.so.1 missing or incomplete
+	initErr   error // cuInit failed
+	driverVer int
 )
 
-// loadDriver resolves the driver entry points once.
+// loadDriver resolves the driver entry points, reads the driver version and runs cuInit, once.
 func loadDriver() error {
 	loadOnce.Do(func() {
 		if missing := C.GoString(C.lcd_load()); missing != "" {
 			if missing == "libcuda.so.1" {
-				loadErr = errors.New("cuda: cannot load the NVIDIA driver library libcuda.so.1")
+				libErr = fmt.Errorf("cannot load the NVIDIA driver library libcuda.so.1 (%s)", C.GoString(C.lcd_dlerror()))
 			} else {
-				loadErr = fmt.Errorf("cuda: libcuda.so.1 has no %s: the driver is too old", missing)
+				libErr = fmt.Errorf("libcuda.so.1 lacks %s: the driver is too old or not NVIDIA's", missing)
 			}
 			return
 		}
-		loadErr = check("cuInit", C.lcd_init())
+		var v C.int
+		if err := check("cuDriverGetVersion", C.lcd_version(&v)); err != nil {
+			initErr = err
+			return
+		}
+		driverVer = int(v)
+		initErr = check("cuInit", C.lcd_init())
 	})
-	return loadErr
+	if libErr != nil {
+		return libErr
+	}
+	return initErr
+}
+
+// Probe loads the driver and cuBLAS (the same loaders the backend uses) and lists the
+// devices. It never fails: what is missing is in the report's Err.
+func Probe() Report {
+	rep := Report{Built: true, Devices: []Device{}}
+	err := loadDriver()
+	if libErr == nil {
+		rep.LibCUDA = "libcuda.so.1"
+		rep.DriverVersion = driverVer
+	}
+	if berr := loadBLAS(); berr == nil {
+		rep.LibCUBLAS = blasName
+	} else if err == nil {
+		err = berr
+	}
+	if err != nil && (libErr != nil || initErr != nil) {
+		rep.Err = strings.TrimPrefix(err.Error(), "cuda: ")
+		return rep
+	}
+	var n C.int
+	if cerr := check("cuDeviceGetCount", C.lcd_count(&n)); cerr != nil {
+		rep.Err = strings.TrimPrefix(cerr.Error(), "cuda: ")
+		return rep
+	}
+	for i := 0; i < int(n); i++ {
+		var name [256]C.char
+		var mem C.size_t
+		var major, minor C.int
+		if cerr := check("cuDeviceGet", C.lcd_describe(C.int(i), &name[0], 256, &mem, &major, &minor)); cerr != nil {
+			rep.Err = strings.TrimPrefix(cerr.Error(), "cuda: ")
+			return rep
+		}
+		rep.Devices = append(rep.Devices, Device{Index: i, Name: C.GoString(&name[0]), MemoryBytes: uint64(mem),
+			ComputeMajor: int(major), ComputeMinor: int(minor)})
+	}
+	switch {
+	case err != nil: // cuBLAS missing
+		rep.Err = strings.TrimPrefix(err.Error(), "cuda: ")
+	case len(rep.Devices) == 0:
+		rep.Err = "the driver reports no CUDA device"
+	}
+	return rep
 }
 
 // Ptr is a device address.

@@ -75,7 +75,7 @@ func TestProbeFakeDriver(t *testing.T) {
 
 	// LORACTL_CUBLAS names the library explicitly.
 	alt := filepath.Join(dir, "mycublas.so")
-	if out, err := exec.Command(gcc, "-shared", "-fPIC", "-o", alt, "-x", "c", "/dev/null").CombinedOutput(); err != nil {
+	if out, err := exec.Command(gcc, "-shared", "-fPIC", "-o", alt, "testdata/fakecublas.c").CombinedOutput(); err != nil {
 		t.Fatalf("gcc: %v\n%s", err, out)
 	}
 	if r = probeIn(t, dir, "LORACTL_CUBLAS="+alt); !r.Usable() || r.LibCUBLAS != alt {

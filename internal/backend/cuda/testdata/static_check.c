@@ -1,4 +1,4 @@
-// Checks the shim's own prototypes and constants (probe_cuda.go, driver_cuda.go) against the
+// Checks the shim's own prototypes and constants (driver_cuda.go) against the
 // real CUDA headers, where they are installed: compiled with gcc -fsyntax-only -Werror by
 // TestShimMatchesHeaders. A mismatch is a compile error.
 #include <stddef.h>
