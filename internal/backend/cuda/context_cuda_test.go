@@ -124,11 +124,11 @@ func TestContextChild(t *testing.T) {
 
 	// The three row-major products through the stand-in cuBLAS, against loops here.
 	N, C, OC := 5, 7, 3
-	x, w, dy := randf(r, N*C), randf(r, OC*C), randf(r, N*OC)
-	y0, dx0, dw0 := randf(r, N*OC), randf(r, N*C), randf(r, OC*C)
-	px, pw, pdy := devF(t, c, x), devF(t, c, w), devF(t, c, dy)
+	x, w, dy := randv(r, N*C, 1), randv(r, OC*C, 1), randv(r, N*OC, 1)
+	y0, dx0, dw0 := randv(r, N*OC, 1), randv(r, N*C, 1), randv(r, OC*C, 1)
+	px, pw, pdy := dev(t, c, x, 0), dev(t, c, w, 0), dev(t, c, dy, 0)
 	for _, acc := range []bool{false, true} {
-		py := devF(t, c, y0)
+		py := dev(t, c, y0, 0)
 		if !acc {
 			c.Memset32(py, 0x7fc00000, N*OC) // beta 0: the old y (NaN here) is not read
 		}
@@ -148,9 +148,9 @@ func TestContextChild(t *testing.T) {
 				want[n*OC+o] = float32(s)
 			}
 		}
-		near(t, "MatMulNT", downF(t, c, py, N*OC), want)
+		closeTo(t, "MatMulNT", get(t, c, py, N*OC), want, 2.5e-6)
 	}
-	pdx, pdw := devF(t, c, dx0), devF(t, c, dw0)
+	pdx, pdw := dev(t, c, dx0, 0), dev(t, c, dw0, 0)
 	if err := c.MatMulNN(pdx, pdy, pw, N, C, OC); err != nil {
 		t.Fatal(err)
 	}
@@ -166,8 +166,8 @@ func TestContextChild(t *testing.T) {
 			}
 		}
 	}
-	near(t, "MatMulNN", downF(t, c, pdx, N*C), wantDx)
-	near(t, "MatMulTN", downF(t, c, pdw, OC*C), wantDw)
+	closeTo(t, "MatMulNN", get(t, c, pdx, N*C), wantDx, 2.5e-6)
+	closeTo(t, "MatMulTN", get(t, c, pdw, OC*C), wantDw, 2.5e-6)
 
 	// The backend over the stand-in driver: memory ops work, an op's launch failure (the
 	// stand-in cannot run kernels) comes back from the next Download, naming the kernel.
@@ -180,7 +180,7 @@ func TestContextChild(t *testing.T) {
 	if err := be.Download(zero, xb); err != nil || !slices.Equal(zero, make([]float32, 10)) {
 		t.Fatalf("a new buffer is not zero: %v %v", zero, err)
 	}
-	src := randf(r, 10)
+	src := randv(r, 10, 1)
 	if err := be.Upload(xb, src); err != nil {
 		t.Fatal(err)
 	}
@@ -216,40 +216,3 @@ func TestContextChild(t *testing.T) {
 	}
 }
 
-func randf(r *rand.Rand, n int) []float32 {
-	x := make([]float32, n)
-	for i := range x {
-		x[i] = r.Float32()*2 - 1
-	}
-	return x
-}
-
-func devF(t *testing.T, c *Context, x []float32) Ptr {
-	t.Helper()
-	p, err := c.Alloc(4 * len(x))
-	if err == nil {
-		err = c.UploadF32(p, x)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-func downF(t *testing.T, c *Context, p Ptr, n int) []float32 {
-	t.Helper()
-	x := make([]float32, n)
-	if err := c.DownloadF32(x, p); err != nil {
-		t.Fatal(err)
-	}
-	return x
-}
-
-func near(t *testing.T, what string, got, want []float32) {
-	t.Helper()
-	for i := range want {
-		if d := got[i] - want[i]; d != d || d > 1e-5 || d < -1e-5 {
-			t.Fatalf("%s: [%d] = %g, want %g", what, i, got[i], want[i])
-		}
-	}
-}
