@@ -1,5 +1,20 @@
-// Shared by the 6×16 kernels (kernel_amd64.s, kernel_strided_amd64.s): writing the tile held in
-// Y0–Y11 (two ymm per row) to C at DI, row stride DX bytes.
+// Shared by the 6×16 kernels (kernel_amd64.s, kernel_strided_amd64.s): clearing the tile held
+// in Y0–Y11 (two ymm per row) and writing it to C at DI, row stride DX bytes.
+
+// ZERO6X16 clears the tile's accumulators before the k loop.
+#define ZERO6X16 \
+	VXORPS Y0, Y0, Y0; \
+	VXORPS Y1, Y1, Y1; \
+	VXORPS Y2, Y2, Y2; \
+	VXORPS Y3, Y3, Y3; \
+	VXORPS Y4, Y4, Y4; \
+	VXORPS Y5, Y5, Y5; \
+	VXORPS Y6, Y6, Y6; \
+	VXORPS Y7, Y7, Y7; \
+	VXORPS Y8, Y8, Y8; \
+	VXORPS Y9, Y9, Y9; \
+	VXORPS Y10, Y10, Y10; \
+	VXORPS Y11, Y11, Y11
 
 // STORE6X16 stores the tile (C = tile).
 #define STORE6X16 \
