@@ -1,6 +1,7 @@
 //go:build amd64
 
 #include "textflag.h"
+#include "transpose8x8_amd64.h"
 
 // bfloat16 → float32 widening with AVX2: VPMOVZXWD zero-extends 8 words to 8 dwords, VPSLLD $16
 // moves each into the top half. Exact, so the packed panels hold the same bits as a float32
@@ -108,35 +109,8 @@ tloop:
 	VPSLLD $16, Y6, Y6
 	VPSLLD $16, Y7, Y7
 
-	// Per 128-bit lane (k 0..3 low, k 4..7 high): interleave pairs of streams.
-	VUNPCKLPS Y1, Y0, Y8    // s0k0 s1k0 s0k1 s1k1
-	VUNPCKHPS Y1, Y0, Y9    // s0k2 s1k2 s0k3 s1k3
-	VUNPCKLPS Y3, Y2, Y10
-	VUNPCKHPS Y3, Y2, Y11
-	VUNPCKLPS Y5, Y4, Y12
-	VUNPCKHPS Y5, Y4, Y13
-	VUNPCKLPS Y7, Y6, Y14
-	VUNPCKHPS Y7, Y6, Y15
-
-	// Streams 0..3 (Y0..Y3) and 4..7 (Y4..Y7) of k = 0,1,2,3 (low lane) and 4,5,6,7 (high).
-	VSHUFPS $0x44, Y10, Y8, Y0
-	VSHUFPS $0xEE, Y10, Y8, Y1
-	VSHUFPS $0x44, Y11, Y9, Y2
-	VSHUFPS $0xEE, Y11, Y9, Y3
-	VSHUFPS $0x44, Y14, Y12, Y4
-	VSHUFPS $0xEE, Y14, Y12, Y5
-	VSHUFPS $0x44, Y15, Y13, Y6
-	VSHUFPS $0xEE, Y15, Y13, Y7
-
-	// Whole output rows: low lanes give k 0..3, high lanes k 4..7.
-	VPERM2F128 $0x20, Y4, Y0, Y8
-	VPERM2F128 $0x20, Y5, Y1, Y9
-	VPERM2F128 $0x20, Y6, Y2, Y10
-	VPERM2F128 $0x20, Y7, Y3, Y11
-	VPERM2F128 $0x31, Y4, Y0, Y12
-	VPERM2F128 $0x31, Y5, Y1, Y13
-	VPERM2F128 $0x31, Y6, Y2, Y14
-	VPERM2F128 $0x31, Y7, Y3, Y15
+	// The widened 8×8 block, transposed: one output row (one k) per register.
+	TRANSPOSE8X8
 
 	VMOVUPS Y8, (DI)
 	VMOVUPS Y9, (DI)(R8*1)

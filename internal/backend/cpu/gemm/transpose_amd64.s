@@ -1,6 +1,7 @@
 //go:build amd64
 
 #include "textflag.h"
+#include "transpose8x8_amd64.h"
 
 // func transpose8AVX2(dst *float32, ldd int, src *float32, lds int, kc8 int)
 //
@@ -25,30 +26,7 @@ t8loop:
 	VMOVUPS (R10)(R9*1), Y5
 	VMOVUPS (R10)(R9*2), Y6
 	VMOVUPS (R10)(R11*1), Y7
-	VUNPCKLPS Y1, Y0, Y8     // 00 10 01 11 | 04 14 05 15
-	VUNPCKHPS Y1, Y0, Y9     // 02 12 03 13 | 06 16 07 17
-	VUNPCKLPS Y3, Y2, Y10
-	VUNPCKHPS Y3, Y2, Y11
-	VUNPCKLPS Y5, Y4, Y12
-	VUNPCKHPS Y5, Y4, Y13
-	VUNPCKLPS Y7, Y6, Y14
-	VUNPCKHPS Y7, Y6, Y15
-	VSHUFPS $0x44, Y10, Y8, Y0  // 00 10 20 30 | 04 14 24 34
-	VSHUFPS $0xee, Y10, Y8, Y1  // 01 11 21 31 | 05 ...
-	VSHUFPS $0x44, Y11, Y9, Y2  // 02 ... | 06
-	VSHUFPS $0xee, Y11, Y9, Y3  // 03 ... | 07
-	VSHUFPS $0x44, Y14, Y12, Y4 // 40 50 60 70 | 44 54 64 74
-	VSHUFPS $0xee, Y14, Y12, Y5
-	VSHUFPS $0x44, Y15, Y13, Y6
-	VSHUFPS $0xee, Y15, Y13, Y7
-	VPERM2F128 $0x20, Y4, Y0, Y8  // k0
-	VPERM2F128 $0x20, Y5, Y1, Y9  // k1
-	VPERM2F128 $0x20, Y6, Y2, Y10 // k2
-	VPERM2F128 $0x20, Y7, Y3, Y11 // k3
-	VPERM2F128 $0x31, Y4, Y0, Y12 // k4
-	VPERM2F128 $0x31, Y5, Y1, Y13 // k5
-	VPERM2F128 $0x31, Y6, Y2, Y14 // k6
-	VPERM2F128 $0x31, Y7, Y3, Y15 // k7
+	TRANSPOSE8X8
 	VMOVUPS Y8, (DI)
 	ADDQ DX, DI
 	VMOVUPS Y9, (DI)
