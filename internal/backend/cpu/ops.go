@@ -134,9 +134,24 @@ func (be *Backend) AttentionForward(out, q, k, v backend.Buffer, B, T, S, pos0, 
 		be.attentionHeads(o, qs, ks, vs, B, T, S, pos0, NH, NKV, D, 0, B*NH)
 		return
 	}
-	parallelFor(B*NH, 1, nw, func(lo, hi int) {
-		be.attentionHeads(o, qs, ks, vs, B, T, S, pos0, NH, NKV, D, lo, hi)
-	})
+	t := attnInferArgs.get()
+	*t = attnInfer{be: be, o: o, q: qs, k: ks, v: vs, B: B, T: T, S: S, pos0: pos0, NH: NH, NKV: NKV, D: D}
+	forRange(B*NH, 1, nw, t)
+	attnInferArgs.put(t)
+}
+
+// attnInfer is AttentionForward's loop body over (batch, head) pairs (recycled, so that a
+// generated token allocates nothing here).
+type attnInfer struct {
+	be                        *Backend
+	o, q, k, v                []float32 // shapes as in AttentionForward
+	B, T, S, pos0, NH, NKV, D int
+}
+
+var attnInferArgs argPool[attnInfer]
+
+func (a *attnInfer) run(lo, hi int) {
+	a.be.attentionHeads(a.o, a.q, a.k, a.v, a.B, a.T, a.S, a.pos0, a.NH, a.NKV, a.D, lo, hi)
 }
 
 // attentionHeads runs AttentionForward for the (batch, head) pairs bh in [lo, hi), bh = b·NH + h.
