@@ -106,9 +106,6 @@ func (e *Engine) forward(b *Batch, pos []int, train bool, gradScale *float32) (f
 		}
 	}
 	be.RMSNormForward(a.hf, a.xs[L], e.norm, N, C, float32(cfg.RMSNormEps)) // hf (N, C)
-	if gradScale != nil {
-		be.Zero(a.dh, N*C)
-	}
 	// The lm_head and the loss run over chunks of a.ch rows, so the logits never exist for
 	// all N rows at once. With gradScale, each chunk's logits become their gradient in the
 	// same pass and go straight into dh = dlogits·W (and, when it trains, dLM += dlogitsᵀ·hf).
@@ -123,9 +120,7 @@ func (e *Engine) forward(b *Batch, pos []int, train bool, gradScale *float32) (f
 		be.MatMulForward(a.logits, hf, e.lmHead, nil, n, C, V) // logits (n, V)
 		if gradScale != nil {
 			be.CrossEntropyForwardBackward(losses, a.logits, a.logits, tg, n, V, *gradScale) // losses (n); logits now dlogits
-			if n < N {
-				be.Zero(dh, n*C)
-			}
+			be.Zero(dh, n*C)
 			be.MatMulBackward(dh, e.dLM, nil, a.logits, hf, e.lmHead, n, C, V) // dh (n, C)
 			if n < N {
 				be.Copy(a.dh, c0*C, dh, 0, n*C)
