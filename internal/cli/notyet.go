@@ -18,15 +18,3 @@ func notYet(use, short, milestone string) *cobra.Command {
 		},
 	}
 }
-
-func newMergeCmd(*streams) *cobra.Command {
-	return notYet("merge", "Merge adapters into the base weights", "merge/quantize/eval (issue #6)")
-}
-
-func newQuantizeCmd(*streams) *cobra.Command {
-	return notYet("quantize", "Quantize a base model (NF4, int8)", "merge/quantize/eval (issue #6)")
-}
-
-func newEvalCmd(*streams) *cobra.Command {
-	return notYet("eval", "Evaluate perplexity and loss on a dataset", "merge/quantize/eval (issue #6)")
-}
