@@ -17,7 +17,14 @@
 #                 CPU: the same text
 #   5. train-vs-cpu    50 LoRA steps of configs/quickstart.yaml on the GPU and on the CPU: every
 #                 step's loss within 1%
-#   6-7.          PEFT fidelity and speed against PEFT: not yet (next part of issue #5)
+#   6. peft-fidelity   a LoRA trained on the GPU (quickstart, 100 steps) loads in PEFT tensor for
+#                 tensor; `loractl merge` of it gives the logits of base + PEFT adapter; PEFT's
+#                 greedy generation gives loractl's ids (scripts/peft_fidelity.py)
+#   7. speed-vs-peft   one LoRA train step (r 16, all-linear, seq 2048) on the SmolLM-135M and
+#                 Llama-3.2-1B shapes: loractl (benchstep -device cuda:0) and PyTorch+PEFT
+#                 (scripts/bench_peft.py, bf16 base, SDPA) on the same random-init weights and
+#                 tokens: tokens/s, peak GPU memory (nvidia-smi, sampled every 100 ms, for both),
+#                 MFU against 989 dense bf16 TFLOP/s
 set -uo pipefail
 cd "$(dirname "$0")/.."
 B=build/gpu
@@ -30,6 +37,8 @@ prepare() {
 	CGO_ENABLED=1 go build -tags cuda -o "$B/loractl" ./cmd/loractl
 	echo "== go test -c -tags cuda ./internal/backend/cuda" >&2
 	CGO_ENABLED=1 go test -c -tags cuda -o "$B/cuda.test" ./internal/backend/cuda
+	echo "== go build -tags cuda ./scripts/benchstep" >&2
+	CGO_ENABLED=1 go build -tags cuda -o "$B/benchstep" ./scripts/benchstep
 	echo "== go test -c ./kernels" >&2
 	go test -c -o "$B/kernels.test" ./kernels
 	git rev-parse HEAD >"$B/commit" 2>/dev/null || true
@@ -71,15 +80,14 @@ worst = max(abs(a - b) / abs(a) for a, b in zip(c, g))
 print(f'{len(c)} steps; cpu loss {c[0]:.4f} -> {c[-1]:.4f}, gpu {g[0]:.4f} -> {g[-1]:.4f}; worst relative difference {worst:.2e}')
 sys.exit(0 if len(c) == len(g) == 50 and worst <= 0.01 else 1)
 PY"
-	for s in peft-fidelity speed-vs-peft; do
-		printf '| %s | not yet: the next part of issue #5 | - |\n' "$s" >>"$table"
-	done
+	step peft-fidelity peft_fidelity "$root" "$out"
+	step speed-vs-peft speed_vs_peft "$root" "$out"
 	{
 		echo "# loractl GPU check"
 		echo
 		echo "commit $(cat "$B/commit" 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%MZ)"
 		echo
-		for f in devices cuda-tests kernels generate-vs-cpu train-vs-cpu; do
+		for f in devices cuda-tests kernels generate-vs-cpu train-vs-cpu peft-fidelity speed-vs-peft; do
 			echo "## $f"
 			echo '```'
 			tail -n 60 "$out/$f.log"
@@ -89,6 +97,66 @@ PY"
 		cat "$table"
 	} >"$out/report.md"
 	cat "$table"
+}
+
+# peakmem LOG CMD...: runs CMD while sampling the GPU's used memory every 100 ms; appends the peak
+# (MiB, the whole GPU, so nothing else may run) to LOG.
+peakmem() {
+	local log=$1 smi rc
+	shift
+	nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$log.smi" &
+	smi=$!
+	"$@"
+	rc=$?
+	kill "$smi" 2>/dev/null
+	wait "$smi" 2>/dev/null
+	sort -n "$log.smi" | tail -1 >>"$log"
+	return $rc
+}
+
+# peft_fidelity ROOT OUT: the step peft-fidelity (see the header).
+peft_fidelity() {
+	local L=$1/$B/loractl o=$2/fid p
+	"$L" train --config configs/quickstart.yaml --quiet --overwrite --max-steps 100 \
+		--set train.eval_every=0 --set train.device=cuda:0 --out "$o" || return 1
+	"$L" merge --base models/tiny-arith --adapter "$o" --out "$o-merged" --dtype f32 --overwrite || return 1
+	for p in '19-7=' '45-23=' '88-9=' '60-41='; do
+		"$L" generate --device cuda:0 --model models/tiny-arith --adapter "$o" --prompt "$p" -n 6 \
+			--temperature 0 --ids | grep -o '{"prompt_ids".*}' || return 1
+	done >"$o-ids.jsonl"
+	python3 scripts/peft_fidelity.py --base models/tiny-arith --adapter "$o" --merged "$o-merged" --ids "$o-ids.jsonl"
+}
+
+# speed_vs_peft ROOT OUT: the step speed-vs-peft (see the header).
+speed_vs_peft() {
+	local root=$1 out=$2 sh rc=0
+	for sh in smollm135m llama1b; do
+		peakmem "$out/speed-$sh-loractl.mem" "$root/$B/benchstep" -shape "$sh" -device cuda:0 -seq 2048 -batch 1 -warmup 2 -steps 5 \
+			-model-dir "/tmp/loractl-bench-$sh" -peak-gflops 989000 >"$out/speed-$sh-loractl.json" || rc=1
+		peakmem "$out/speed-$sh-peft.mem" python3 scripts/bench_peft.py --model-dir "/tmp/loractl-bench-$sh" --shape "$sh" --seq 2048 --batch 1 \
+			--warmup 2 --steps 5 >"$out/speed-$sh-peft.json" || rc=1
+	done
+	python3 - "$out" <<'PY' || rc=1
+import json, sys, os
+out = sys.argv[1]
+print("| shape | impl | dtype | tokens/s | peak GPU MiB (nvidia-smi) | MFU | loss first -> last |")
+print("|---|---|---|---|---|---|---|")
+for sh in ("smollm135m", "llama1b"):
+    rows = {}
+    for impl in ("loractl", "peft"):
+        try:
+            r = json.loads(open(f"{out}/speed-{sh}-{impl}.json").read().strip().splitlines()[-1])
+            mem = open(f"{out}/speed-{sh}-{impl}.mem").read().split()[-1]
+        except Exception as e:
+            print(f"| {sh} | {impl} | failed: {e} | | | | |")
+            continue
+        rows[impl] = (r, float(mem))
+        print(f"| {sh} | {impl} | {r['dtype']} | {r['tokens_per_s']:.0f} | {mem} | {100 * r['mfu']:.1f}% | {r['loss_first']:.3f} -> {r['loss_last']:.3f} |")
+    if len(rows) == 2:
+        (a, ma), (b, mb) = rows["loractl"], rows["peft"]
+        print(f"\n{sh}: loractl / PEFT speed {a['tokens_per_s'] / b['tokens_per_s']:.2f}x, memory {ma / mb:.2f}x\n")
+PY
+	return $rc
 }
 
 case "${1:-}" in

@@ -55,7 +55,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/loractl/loractl/internal/backend"
 	"github.com/loractl/loractl/internal/backend/cpu"
+	"github.com/loractl/loractl/internal/device"
 	"github.com/loractl/loractl/internal/engine"
 	"github.com/loractl/loractl/internal/lora"
 	"github.com/loractl/loractl/internal/model"
@@ -74,10 +76,13 @@ type shape struct {
 var shapes = map[string]shape{
 	"stories15m": {Name: "stories15m", Dim: 288, Layers: 6, Heads: 6, KV: 6, FFN: 768, Vocab: 32000},
 	"smollm135m": {Name: "smollm135m", Dim: 576, Layers: 30, Heads: 9, KV: 3, FFN: 1536, Vocab: 49152},
+	// Llama-3.2-1B's shape (tied embeddings), for the GPU comparison with PyTorch+PEFT.
+	"llama1b": {Name: "llama1b", Dim: 2048, Layers: 16, Heads: 32, KV: 8, FFN: 8192, Vocab: 128256},
 }
 
 type options struct {
 	shape      string
+	device     string // cpu (the default), or cuda / cuda:N with a -tags cuda build
 	dtype      string // f32 or bf16: how the frozen weights are stored and kept
 	threads    int
 	warmup     int
@@ -99,6 +104,7 @@ type options struct {
 // Result is the JSON line benchstep prints (the same fields as bench_torch.py).
 type Result struct {
 	Impl           string  `json:"impl"`
+	Device         string  `json:"device"`
 	Shape          string  `json:"shape"`
 	DType          string  `json:"dtype"`
 	Threads        int     `json:"threads"`
@@ -135,7 +141,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	var o options
 	fs := flag.NewFlagSet("benchstep", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.shape, "shape", "stories15m", "model shape: stories15m or smollm135m")
+	fs.StringVar(&o.shape, "shape", "stories15m", "model shape: stories15m, smollm135m or llama1b")
+	fs.StringVar(&o.device, "device", "cpu", "backend: cpu, or cuda / cuda:N (needs a -tags cuda build)")
 	fs.StringVar(&o.dtype, "dtype", "f32", "frozen base weights: f32, or bf16 (stored as BF16 and kept BF16 in memory)")
 	fs.IntVar(&o.threads, "threads", 2, "worker threads of the cpu backend (GOMAXPROCS is set to at least this)")
 	fs.IntVar(&o.warmup, "warmup", 2, "untimed steps first")
@@ -160,7 +167,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	sh, ok := shapes[o.shape]
 	if !ok {
-		return fmt.Errorf("unknown -shape %q (want stories15m or smollm135m)", o.shape)
+		return fmt.Errorf("unknown -shape %q (want stories15m, smollm135m or llama1b)", o.shape)
 	}
 	if o.dtype != "f32" && o.dtype != "bf16" {
 		return fmt.Errorf("unknown -dtype %q (want f32 or bf16)", o.dtype)
@@ -305,8 +312,17 @@ func bench(dir string, sh shape, o options) (*Result, error) {
 	if runtime.GOMAXPROCS(0) < o.threads {
 		runtime.GOMAXPROCS(o.threads)
 	}
-	be := cpu.New()
-	be.SetThreads(o.threads)
+	var be backend.Backend
+	if o.device == "cpu" {
+		c := cpu.New()
+		c.SetThreads(o.threads)
+		be = c
+	} else {
+		var err error
+		if be, err = device.Open(o.device, os.Stderr); err != nil {
+			return nil, err
+		}
+	}
 	m, err := model.LoadWith(dir, be, model.LoadOptions{KeepBF16: o.dtype == "bf16"})
 	if err != nil {
 		return nil, err
@@ -359,7 +375,7 @@ func bench(dir string, sh shape, o options) (*Result, error) {
 	if o.dtype == "bf16" {
 		dtype = "bf16" // frozen weights in BF16; LoRA, activations and arithmetic in F32
 	}
-	res := &Result{Impl: "loractl", Shape: sh.Name, DType: dtype, Threads: o.threads, Batch: o.batch,
+	res := &Result{Impl: "loractl", Device: be.Name(), Shape: sh.Name, DType: dtype, Threads: o.threads, Batch: o.batch,
 		Seq: o.seq, R: o.r, Warmup: o.warmup, Steps: o.steps, Params: mc.NumParams(),
 		Trainable: eng.NumTrainable(), PeakGFLOPS: o.peakGFLOPS, LnVocab: math.Log(float64(mc.VocabSize))}
 	first := true
