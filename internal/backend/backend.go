@@ -25,6 +25,7 @@ const (
 	F32  DType = iota // IEEE 754 binary32
 	BF16              // bfloat16: the top 16 bits of a float32
 	F16               // IEEE 754 binary16
+	Quantized         // a packed (quantized) frozen weight, see PackedStore
 )
 
 // String returns the safetensors spelling of d ("F32", "BF16", "F16").
@@ -36,6 +37,8 @@ func (d DType) String() string {
 		return "BF16"
 	case F16:
 		return "F16"
+	case Quantized:
+		return "quantized"
 	}
 	return fmt.Sprintf("DType(%d)", uint8(d))
 }

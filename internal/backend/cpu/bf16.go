@@ -52,6 +52,9 @@ func (be *Backend) UploadBF16(dst backend.Buffer, src []uint16) error {
 
 // DTypeOf reports how b is stored: BF16 or F32.
 func (be *Backend) DTypeOf(b backend.Buffer) backend.DType {
+	if isPacked(b) {
+		return backend.Quantized
+	}
 	if isBF16(b) {
 		return backend.BF16
 	}
@@ -69,6 +72,9 @@ func weight(b backend.Buffer) (f []float32, h []uint16) {
 	cb := cpuBuffer(b)
 	if cb == nil {
 		return nil, nil
+	}
+	if cb.p != nil {
+		panic(packedMisuse())
 	}
 	return cb.data, cb.h
 }
@@ -99,7 +105,18 @@ func matView(f []float32, h []uint16, cols int, transposed bool) gemm.Mat {
 // names the op: the first exported method of Backend on the call stack (found only on this
 // failure path, so the ops need not pass their names to data).
 func bf16Misuse() string {
-	op := "an op that takes no BF16 buffer"
+	return fmt.Sprintf("cpu: %s: got a BF16 buffer; BF16 holds frozen weights, which only MatMulForward (w), MatMulBackward (w, for dx), EmbeddingForward (table) and Download accept", misusedOp())
+}
+
+// packedMisuse is the panic message for a packed (quantized) buffer passed to an op that does
+// not take one.
+func packedMisuse() string {
+	return fmt.Sprintf("cpu: %s: got a packed (quantized) buffer; packed frozen weights are taken only by MatMulForward (w), MatMulForwardAcc (w), MatMulBackward (w, for dx) and Download", misusedOp())
+}
+
+// misusedOp names the first exported method of Backend on the call stack.
+func misusedOp() string {
+	op := "an op that takes no such buffer"
 	pc := make([]uintptr, 32)
 	frames := runtime.CallersFrames(pc[:runtime.Callers(3, pc)])
 	for {
@@ -116,5 +133,5 @@ func bf16Misuse() string {
 			break
 		}
 	}
-	return fmt.Sprintf("cpu: %s: got a BF16 buffer; BF16 holds frozen weights, which only MatMulForward (w), MatMulBackward (w, for dx), EmbeddingForward (table) and Download accept", op)
+	return op
 }

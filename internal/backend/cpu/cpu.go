@@ -17,12 +17,16 @@ import (
 // Buffer is the CPU backend's storage: a float32 slice in ordinary memory, or, for a frozen
 // weight allocated with AllocWeight(n, backend.BF16), a slice of bfloat16 bits (bf16.go).
 type Buffer struct {
-	data []float32 // (n,) F32 storage
-	h    []uint16  // (n,) BF16 storage; non-nil only for a BF16 buffer, whose data is nil
+	data []float32      // (n,) F32 storage
+	h    []uint16       // (n,) BF16 storage; non-nil only for a BF16 buffer, whose data is nil
+	p    backend.Packed // a packed (quantized) weight (packed.go); data and h are nil
 }
 
 // Len returns the number of elements in b.
 func (b *Buffer) Len() int {
+	if b.p != nil {
+		return b.p.Len()
+	}
 	if b.h != nil {
 		return len(b.h)
 	}
@@ -94,7 +98,7 @@ func (be *Backend) Copy(dst backend.Buffer, dstOff int, src backend.Buffer, srcO
 // Free drops the reference to b's storage; the garbage collector reclaims it.
 func (be *Backend) Free(b backend.Buffer) {
 	if cb, ok := b.(*Buffer); ok {
-		cb.data, cb.h = nil, nil
+		cb.data, cb.h, cb.p = nil, nil, nil
 	}
 }
 
@@ -103,6 +107,9 @@ func (be *Backend) Free(b backend.Buffer) {
 func (be *Backend) Upload(dst backend.Buffer, src []float32) error {
 	if isBF16(dst) {
 		return fmt.Errorf("cpu: Upload: the buffer holds BF16 weights; upload their bits with UploadBF16")
+	}
+	if isPacked(dst) {
+		return fmt.Errorf("cpu: Upload: the buffer holds a packed (quantized) frozen weight; upload a new one with UploadPacked")
 	}
 	d := data(dst)
 	if len(d) != len(src) {
@@ -114,6 +121,13 @@ func (be *Backend) Upload(dst backend.Buffer, src []float32) error {
 
 // Download copies src into dst; a BF16 buffer is widened to float32, exactly.
 func (be *Backend) Download(dst []float32, src backend.Buffer) error {
+	if cb := cpuBuffer(src); cb != nil && cb.p != nil {
+		if cb.p.Len() != len(dst) {
+			return fmt.Errorf("cpu: Download: buffer holds %d elements, destination has %d", cb.p.Len(), len(dst))
+		}
+		cb.p.DequantizeRange(dst, 0, len(dst))
+		return nil
+	}
 	s, h := weight(src)
 	if h != nil {
 		if len(h) != len(dst) {
@@ -139,6 +153,9 @@ func data(b backend.Buffer) []float32 {
 	}
 	if cb.h != nil {
 		panic(bf16Misuse())
+	}
+	if cb.p != nil {
+		panic(packedMisuse())
 	}
 	return cb.data
 }

@@ -15,10 +15,13 @@ import (
 // (generation) or inside a long sequence (prefill, evaluation), and for any thread count.
 
 // MatMulForward computes out = x · wᵀ + bias.
-// out (N, OC), x (N, C), w (OC, C) F32 or BF16, bias (OC) or nil.
+// out (N, OC), x (N, C), w (OC, C) F32, BF16 or packed, bias (OC) or nil.
 func (be *Backend) MatMulForward(out, x, w, bias backend.Buffer, N, C, OC int) {
 	o, xs, bs := data(out), data(x), data(bias)
-	wf, wh := weight(w)
+	wf, wh, sp := be.expand(w)
+	if sp != nil {
+		defer putF32(sp)
+	}
 	need("MatMulForward", "out", o, N*OC)
 	need("MatMulForward", "x", xs, N*C)
 	needN("MatMulForward", "w", weightLen(wf, wh), OC*C)
@@ -46,10 +49,13 @@ func (be *Backend) sgemmNT(y, x []float32, wT gemm.Mat, bias []float32, N, K, M 
 	}
 }
 
-// MatMulForwardAcc computes out += x · wᵀ. out (N, OC), x (N, C), w (OC, C) (F32 or BF16).
+// MatMulForwardAcc computes out += x · wᵀ. out (N, OC), x (N, C), w (OC, C) (F32, BF16 or packed).
 func (be *Backend) MatMulForwardAcc(out, x, w backend.Buffer, N, C, OC int) {
 	o, xs := data(out), data(x)
-	wf, wh := weight(w)
+	wf, wh, sp := be.expand(w)
+	if sp != nil {
+		defer putF32(sp)
+	}
 	need("MatMulForwardAcc", "out", o, N*OC)
 	need("MatMulForwardAcc", "x", xs, N*C)
 	needN("MatMulForwardAcc", "w", weightLen(wf, wh), OC*C)
@@ -61,7 +67,8 @@ func (be *Backend) MatMulForwardAcc(out, x, w backend.Buffer, N, C, OC int) {
 
 // MatMulBackward computes, for y = x·wᵀ + bias,
 // dx (N, C) += dy·w, dw (OC, C) += dyᵀ·x, dbias (OC) += Σ_n dy[n, :]; nil outputs are skipped.
-// dy (N, OC), x (N, C), w (OC, C) F32 or BF16; a BF16 w is frozen, so dw must be nil.
+// dy (N, OC), x (N, C), w (OC, C) F32, BF16 or packed; a BF16 or packed w is frozen, so dw
+// must be nil.
 // dx and dw follow the gemm package's summation order (a narrow dw, C ≤ 64 and OC ≥ 4C, is
 // summed over all n first and then added); dbias sums over n in order.
 func (be *Backend) MatMulBackward(dx, dw, dbias, dy, x, w backend.Buffer, N, C, OC int) {
@@ -70,8 +77,14 @@ func (be *Backend) MatMulBackward(dx, dw, dbias, dy, x, w backend.Buffer, N, C, 
 	if dws != nil && isBF16(w) {
 		panic("cpu: MatMulBackward: dw requested for a BF16 weight; BF16 weights are frozen and get no gradient (load F32 weights to train them)")
 	}
+	if dws != nil && isPacked(w) {
+		panic("cpu: MatMulBackward: dw requested for a packed (quantized) weight; quantized weights are frozen and get no gradient (load F32 weights to train them)")
+	}
 	if dxs != nil {
-		wf, wh := weight(w)
+		wf, wh, sp := be.expand(w)
+		if sp != nil {
+			defer putF32(sp)
+		}
 		need("MatMulBackward", "dx", dxs, N*C)
 		needN("MatMulBackward", "w", weightLen(wf, wh), OC*C)
 		// dx (N, C) += dy (N, OC) · w (OC, C)
