@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/loractl/loractl/internal/backend"
+	"github.com/loractl/loractl/internal/quant"
 	"github.com/loractl/loractl/internal/safetensors"
 )
 
@@ -108,6 +109,13 @@ type LoadOptions struct {
 	// to nearest even: half the memory of float32 at the cost of BF16 rounding of the frozen
 	// weights (an accuracy change, unlike KeepBF16). It implies KeepBF16.
 	ToBF16 bool
+
+	// Quantize, when set, keeps every block Linear weight quantized in this format on a backend
+	// that implements backend.PackedStore (QLoRA; see quant.go); on another backend the weights
+	// get the quantization's values in float32. The weights are frozen.
+	Quantize *quant.Options
+	// QuantizeFunc, with Quantize, replaces quant.Quantize for each Linear weight (LoftQ).
+	QuantizeFunc QuantizeFunc
 }
 
 // Load reads dir/config.json and the safetensors weights in dir (one file or an index with
@@ -147,6 +155,15 @@ func (m *Model) loadWeights(ck *safetensors.Checkpoint, dir string, opt LoadOpti
 	if files := ck.Files(); len(files) == 1 {
 		where = files[0]
 	}
+	qi, err := quant.ReadInfo(ck) // nil unless written by loractl quantize
+	if err != nil {
+		return err
+	}
+	if opt.Quantize != nil {
+		if err := opt.Quantize.Validate(); err != nil {
+			return err
+		}
+	}
 
 	// Presence first, so that one error lists everything that is missing.
 	var missing []string
@@ -172,6 +189,12 @@ func (m *Model) loadWeights(ck *safetensors.Checkpoint, dir string, opt LoadOpti
 	var bad []string
 	for _, s := range specs {
 		info, _ := ck.Info(s.name)
+		if qs, ok := quantShape(qi, s.name); ok { // packed codes; the parts are checked on read
+			if !slices.Equal(qs, s.shape) {
+				bad = append(bad, fmt.Sprintf("%s has shape %v, want %v", s.name, qs, s.shape))
+			}
+			continue
+		}
 		if !slices.Equal(info.Shape, s.shape) {
 			bad = append(bad, fmt.Sprintf("%s has shape %v, want %v", s.name, info.Shape, s.shape))
 			continue
@@ -195,6 +218,13 @@ func (m *Model) loadWeights(ck *safetensors.Checkpoint, dir string, opt LoadOpti
 	// Convert and upload.
 	ws, _ := m.be.(backend.WeightStore)
 	for _, s := range specs {
+		if buf, ok, err := m.loadQuantized(ck, qi, s, opt, where); ok {
+			if err != nil {
+				return err
+			}
+			*s.dst = buf
+			continue
+		}
 		info, _ := ck.Info(s.name)
 		matrix := ws != nil && len(s.shape) == 2
 		if matrix && (opt.KeepBF16 || opt.ToBF16) && info.DType == safetensors.BF16 {
