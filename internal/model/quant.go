@@ -57,7 +57,9 @@ func (m *Model) loadQuantized(ck *safetensors.Checkpoint, qi *quant.Info, s tens
 		qf := opt.QuantizeFunc
 		if qf == nil {
 			qo := *opt.Quantize
-			qf = func(name string, w []float32, shape []int) (*quant.Tensor, error) { return quant.Quantize(name, w, shape, qo) }
+			qf = func(name string, w []float32, shape []int) (*quant.Tensor, error) {
+				return quant.Quantize(name, w, shape, qo)
+			}
 		}
 		if t, err = qf(s.name, vals, slices.Clone(s.shape)); err != nil {
 			return nil, true, fmt.Errorf("%s: %w", where, err)
