@@ -86,7 +86,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 }
 
 func TestUnimplementedCommandsSaySo(t *testing.T) {
-	for _, cmd := range []string{"merge", "quantize", "eval"} {
+	for _, cmd := range []string{"eval"} {
 		code, _, errs := run(t, "", cmd, "--config", "x.yaml")
 		if code != 1 || !strings.Contains(errs, "not implemented yet") {
 			t.Errorf("%s: exit %d, stderr %q; want exit 1 and a plain 'not implemented yet'", cmd, code, errs)

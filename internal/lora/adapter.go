@@ -17,6 +17,9 @@ type Config struct {
 	RSLoRA  bool
 	Layers  []int  // layers_to_transform; empty: all
 	Base    string // base_model_name_or_path
+	// Fingerprint is the base model's Fingerprint, stored in the safetensors header metadata
+	// under FingerprintKey; empty when unknown (PEFT adapters).
+	Fingerprint string
 }
 
 // Scale returns s in y = W0·x + s·B·A·x: alpha/r, or alpha/√r with rsLoRA.

@@ -45,7 +45,8 @@ type peftConfig struct {
 
 // Save writes the adapter to dir in the exact PEFT layout: adapter_model.safetensors with
 // tensors base_model.model.<module path>.lora_A.weight (r, in) and .lora_B.weight (out, r),
-// and adapter_config.json. Each file is written to a temporary file, synced and renamed.
+// and adapter_config.json. The header metadata is {"format":"pt"} plus the base model's
+// fingerprint when known (FingerprintKey). Each file is written to a temporary file, synced and renamed.
 func (a *Adapter) Save(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("adapter folder %s: %w", dir, err)
@@ -69,7 +70,11 @@ func (a *Adapter) Save(dir string) error {
 			ts = append(ts, safetensors.Tensor{Name: peftPrefix + m.Path + "." + t.suffix, DType: safetensors.F32, Shape: t.shape, Data: b})
 		}
 	}
-	if err := safetensors.Write(filepath.Join(dir, WeightsFile), ts, map[string]string{"format": "pt"}); err != nil {
+	meta := map[string]string{"format": "pt"}
+	if a.Config.Fingerprint != "" {
+		meta[FingerprintKey] = a.Config.Fingerprint
+	}
+	if err := safetensors.Write(filepath.Join(dir, WeightsFile), ts, meta); err != nil {
 		return err
 	}
 	cfg := peftConfig{
@@ -133,7 +138,7 @@ func Load(dir string) (*Adapter, error) {
 	}
 	defer f.Close()
 	a := &Adapter{Config: Config{R: cfg.R, Alpha: cfg.LoraAlpha, Dropout: cfg.LoraDropout, RSLoRA: cfg.UseRSLoRA,
-		Layers: cfg.LayersToTransform, Base: cfg.BaseModel}}
+		Layers: cfg.LayersToTransform, Base: cfg.BaseModel, Fingerprint: f.Metadata()[FingerprintKey]}}
 	pairs := map[string]*Pair{}
 	for _, info := range f.Tensors() {
 		m := tensorName.FindStringSubmatch(info.Name)

@@ -205,6 +205,10 @@ func (j *job) newAdapter() (*lora.Adapter, error) {
 		if err := a.CheckBase(mc, j.opt.InitAdapter); err != nil {
 			return nil, err
 		}
+		if err := a.CheckFingerprint(mc, j.opt.InitAdapter); err != nil {
+			return nil, err
+		}
+		a.Config.Fingerprint = lora.Fingerprint(mc)
 		return a, nil
 	}
 	mods, err := lora.Select(lora.Modules(mc), c.LoRA.Targets, c.LoRA.Layers)
@@ -213,7 +217,7 @@ func (j *job) newAdapter() (*lora.Adapter, error) {
 	}
 	rng := rand.New(rand.NewPCG(c.Train.Seed, 0x10a))
 	return lora.New(lora.Config{R: c.LoRA.R, Alpha: c.LoRA.Alpha, Dropout: c.LoRA.Dropout, RSLoRA: c.LoRA.RSLoRA,
-		Layers: c.LoRA.Layers, Base: c.Model.Path}, mods, lora.Init(c.LoRA.Init), rng)
+		Layers: c.LoRA.Layers, Base: c.Model.Path, Fingerprint: lora.Fingerprint(mc)}, mods, lora.Init(c.LoRA.Init), rng)
 }
 
 // dryRun prints the resolved configuration and the plan.
