@@ -28,7 +28,10 @@ type Train struct {
 type ModelSection struct {
 	Path     string `mapstructure:"path" yaml:"path"`         // HuggingFace model folder
 	DType    string `mapstructure:"dtype" yaml:"dtype"`       // storage of the frozen weights: auto | f32 | bf16
-	Quantize string `mapstructure:"quantize" yaml:"quantize"` // none | nf4
+	Quantize string `mapstructure:"quantize" yaml:"quantize"` // none | nf4 | int8 | int4 (QLoRA)
+	// GroupSize is the quantization group (block) size; DoubleQuant also quantizes the NF4 absmax values.
+	GroupSize   int  `mapstructure:"group_size" yaml:"group_size"`
+	DoubleQuant bool `mapstructure:"double_quant" yaml:"double_quant"`
 }
 
 // DataSection describes the training and evaluation data.
@@ -52,7 +55,9 @@ type LoRASection struct {
 	Targets []string `mapstructure:"targets" yaml:"targets"` // module names, "all-linear", or "re:<regex>"
 	Layers  []int    `mapstructure:"layers" yaml:"layers"`   // layers_to_transform; empty: all
 	RSLoRA  bool     `mapstructure:"rslora" yaml:"rslora"`
-	Init    string   `mapstructure:"init" yaml:"init"` // default (Kaiming-uniform A, zero B) | gaussian
+	Init    string   `mapstructure:"init" yaml:"init"` // default (Kaiming-uniform A, zero B) | gaussian | loftq
+	// LoftQIter is the number of LoftQ alternations (quantize, then rank-r SVD of the residual).
+	LoftQIter int `mapstructure:"loftq_iter" yaml:"loftq_iter"`
 }
 
 // TrainSection holds the optimiser and loop settings.
@@ -82,10 +87,10 @@ type OutputSection struct {
 // DefaultTrain returns the defaults of every training option, in one place.
 func DefaultTrain() Train {
 	return Train{
-		Model: ModelSection{DType: "auto", Quantize: "none"},
+		Model: ModelSection{DType: "auto", Quantize: "none", GroupSize: 64},
 		Data:  DataSection{EvalFraction: 0.05, Format: "auto", SeqLen: 256, Packing: true},
 		LoRA: LoRASection{Method: "lora", R: 8, Alpha: 16, Targets: []string{"q_proj", "v_proj"},
-			Init: "default"},
+			Init: "default", LoftQIter: 1},
 		Train: TrainSection{Device: "auto", LR: 2e-4, Schedule: "cosine", Warmup: 10, MaxSteps: 200, BatchSize: 4,
 			GradAccum: 1, MaxGradNorm: 1.0, Seed: 42, EvalEvery: 50, EvalBatches: 8},
 		Output: OutputSection{Dir: "out"},
@@ -228,7 +233,12 @@ func (c *Train) Validate() error {
 	}
 	check(c.Model.Path != "", "model.path is empty; set it to a HuggingFace model folder")
 	oneOf("model.dtype", c.Model.DType, "auto", "f32", "bf16")
-	oneOf("model.quantize", c.Model.Quantize, "none", "nf4")
+	oneOf("model.quantize", c.Model.Quantize, "none", "nf4", "int8", "int4")
+	if c.Model.Quantize != "none" {
+		check(c.LoRA.Method == "lora", "model.quantize %s keeps the base frozen and quantized, but lora.method full trains every weight; use lora.method: lora (QLoRA) or model.quantize: none", c.Model.Quantize)
+		check(c.Model.GroupSize >= 2 && c.Model.GroupSize%2 == 0, "model.group_size must be an even number of at least 2, got %d", c.Model.GroupSize)
+		check(!c.Model.DoubleQuant || c.Model.Quantize == "nf4", "model.double_quant applies to model.quantize: nf4 only, not %s", c.Model.Quantize)
+	}
 	check(c.Data.Train != "", "data.train is empty; set it to a JSONL file")
 	oneOf("data.format", c.Data.Format, "auto", "text", "prompt_completion", "messages")
 	check(c.Data.SeqLen >= 2, "data.seq_len must be at least 2, got %d", c.Data.SeqLen)
@@ -239,7 +249,11 @@ func (c *Train) Validate() error {
 		check(c.LoRA.Alpha > 0, "lora.alpha must be positive, got %g", c.LoRA.Alpha)
 		check(c.LoRA.Dropout >= 0 && c.LoRA.Dropout < 1, "lora.dropout must be in [0, 1), got %g", c.LoRA.Dropout)
 		check(len(c.LoRA.Targets) > 0, "lora.targets is empty; name modules (q_proj, v_proj, ...) or use all-linear")
-		oneOf("lora.init", c.LoRA.Init, "default", "gaussian")
+		oneOf("lora.init", c.LoRA.Init, "default", "gaussian", "loftq")
+		if c.LoRA.Init == "loftq" {
+			check(c.Model.Quantize != "none", "lora.init loftq fits the adapter to the quantization error of the base; set model.quantize (nf4, int8 or int4)")
+			check(c.LoRA.LoftQIter >= 1, "lora.loftq_iter must be at least 1, got %d", c.LoRA.LoftQIter)
+		}
 		for _, l := range c.LoRA.Layers {
 			check(l >= 0, "lora.layers has a negative layer index %d", l)
 		}
