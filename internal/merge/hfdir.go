@@ -32,7 +32,11 @@ func (mg *merger) writeSideFiles(dir string) error {
 		return fmt.Errorf("base %s: %w", base, err)
 	}
 	tdt := torchDType(mg.outDT)
-	cfg, err := setTopLevel(raw, map[string]any{"torch_dtype": tdt}, map[string]string{"dtype": "torch_dtype"})
+	var drop []string
+	if mg.qi != nil {
+		drop = []string{"quantization_config"} // the merged weights are dense
+	}
+	cfg, err := setTopLevel(raw, map[string]any{"torch_dtype": tdt}, map[string]string{"dtype": "torch_dtype"}, drop...)
 	if err != nil {
 		return fmt.Errorf("%s: %w", cfgPath, err)
 	}
@@ -113,8 +117,8 @@ func jsonText(v any) string {
 // setTopLevel returns the JSON object doc with the keys of set replaced (or appended, in
 // sorted order) and the keys in alsoIfPresent set to set's first value when doc has them,
 // keeping every other key in its original order and its value byte for byte; indented
-// by two spaces as transformers writes.
-func setTopLevel(doc []byte, set map[string]any, alias map[string]string) ([]byte, error) {
+// by two spaces as transformers writes. Keys in drop are removed.
+func setTopLevel(doc []byte, set map[string]any, alias map[string]string, drop ...string) ([]byte, error) {
 	dec := json.NewDecoder(bytes.NewReader(doc))
 	tok, err := dec.Token()
 	if err != nil || tok != json.Delim('{') {
@@ -135,6 +139,9 @@ func setTopLevel(doc []byte, set map[string]any, alias map[string]string) ([]byt
 		var v json.RawMessage
 		if err := dec.Decode(&v); err != nil {
 			return nil, fmt.Errorf("malformed JSON at %q: %v", k, err)
+		}
+		if slices.Contains(drop, k) {
+			continue
 		}
 		kvs = append(kvs, kv{k, v})
 		seen[k] = true

@@ -32,6 +32,7 @@ import (
 
 	"github.com/loractl/loractl/internal/lora"
 	"github.com/loractl/loractl/internal/model"
+	"github.com/loractl/loractl/internal/quant"
 	"github.com/loractl/loractl/internal/safetensors"
 )
 
@@ -110,6 +111,7 @@ type Summary struct {
 	PeakBufferBytes    int64            `json:"peak_buffer_bytes"`
 	PeakHeapBytes      uint64           `json:"peak_heap_inuse_bytes"`
 	StartHeapBytes     uint64           `json:"start_heap_inuse_bytes"`
+	Quantized          string           `json:"dequantized_from,omitempty"`
 	Seconds            float64          `json:"seconds"`
 	Notes              []string         `json:"notes,omitempty"`
 }
@@ -119,6 +121,7 @@ type merger struct {
 	opt     Options
 	cfg     *model.Config
 	ck      *safetensors.Checkpoint
+	qi      *quant.Info // the base's quantization, or nil
 	outDT   safetensors.DType
 	terms   map[string][]term // weight name → the adapters' updates of it
 	rank    int               // svd target rank
@@ -153,7 +156,7 @@ func Run(opt Options) (*Summary, error) {
 	mg.heap = heapInuse()
 	mg.sum.StartHeapBytes = mg.heap
 
-	cfg, err := loadBaseConfig(opt.Base)
+	cfg, quantized, err := loadBaseConfig(opt.Base)
 	if err != nil {
 		return nil, err
 	}
@@ -164,11 +167,25 @@ func Run(opt Options) (*Summary, error) {
 	}
 	defer ck.Close()
 	mg.ck = ck
+	if mg.qi, err = quant.ReadInfo(ck); err != nil {
+		return nil, err
+	}
+	if quantized && mg.qi == nil {
+		return nil, fmt.Errorf("base %s: config.json has a loractl quantization_config but the safetensors metadata has no %s; re-create the folder with loractl quantize", opt.Base, quant.MetadataKey)
+	}
 	if err := mg.loadAdapters(); err != nil {
 		return nil, err
 	}
 	if err := mg.chooseDType(); err != nil {
 		return nil, err
+	}
+	if mg.qi != nil {
+		mg.sum.Quantized = fmt.Sprintf("%s (group %d)", mg.qi.Format, mg.qi.GroupSize)
+		if mg.qi.DoubleQuant {
+			mg.sum.Quantized = fmt.Sprintf("%s (group %d, double quantization)", mg.qi.Format, mg.qi.GroupSize)
+		}
+		mg.note(fmt.Sprintf("the base is quantized (%s): its %d quantized Linear weights are dequantized to %s before the adapters are added",
+			mg.sum.Quantized, len(mg.qi.Shapes), mg.outDT))
 	}
 	if err := mg.write(); err != nil {
 		return nil, err
@@ -247,26 +264,57 @@ func methodList() string {
 	return strings.Join(s, ", ")
 }
 
-// loadBaseConfig reads the base's config.json; a quantized base is refused until quantized
-// checkpoints can be loaded.
-func loadBaseConfig(dir string) (*model.Config, error) {
+// loadBaseConfig reads the base's config.json. A base quantized by loractl quantize
+// (quant_method "loractl") is accepted and dequantized while merging; other quantization
+// methods are refused.
+func loadBaseConfig(dir string) (*model.Config, bool, error) {
 	st, err := os.Stat(dir)
 	if err != nil {
-		return nil, fmt.Errorf("base %s: %w; pass --base with a Hugging Face model folder", dir, err)
+		return nil, false, fmt.Errorf("base %s: %w; pass --base with a Hugging Face model folder", dir, err)
 	}
 	if !st.IsDir() {
-		return nil, fmt.Errorf("base %s: not a folder; pass --base with the folder that holds config.json and the .safetensors files", dir)
+		return nil, false, fmt.Errorf("base %s: not a folder; pass --base with the folder that holds config.json and the .safetensors files", dir)
 	}
+	quantized := false
 	raw, err := os.ReadFile(filepath.Join(dir, model.ConfigFile))
 	if err == nil {
 		var top map[string]json.RawMessage
 		if json.Unmarshal(raw, &top) == nil {
 			if q, ok := top["quantization_config"]; ok && string(q) != "null" {
-				return nil, fmt.Errorf("base %s: config.json has a quantization_config: merging onto a quantized base is not supported yet; merge onto the unquantized base model (then quantize the merged folder)", dir)
+				var qc struct {
+					Method string `json:"quant_method"`
+				}
+				_ = json.Unmarshal(q, &qc)
+				if qc.Method != quant.QuantMethod {
+					return nil, false, fmt.Errorf("base %s: config.json has a quantization_config with quant_method %q: merging onto a base quantized that way is not supported (only loractl quantize folders are); merge onto the unquantized base model", dir, qc.Method)
+				}
+				quantized = true
 			}
 		}
 	}
-	return model.LoadConfig(dir)
+	cfg, err := model.LoadConfig(dir)
+	return cfg, quantized, err
+}
+
+// baseQuantized returns the original shape of name when the base stores it quantized.
+func (mg *merger) baseQuantized(name string) ([]int, bool) {
+	if mg.qi == nil {
+		return nil, false
+	}
+	s, ok := mg.qi.Shapes[name]
+	return s, ok
+}
+
+// baseShape returns the shape of base tensor name as the model sees it (the original shape of a
+// quantized weight), and whether it holds float values (quantized weights count as float).
+func (mg *merger) baseShape(name string) ([]int, bool, bool) {
+	if mg.qi != nil {
+		if s, ok := mg.qi.Shapes[name]; ok {
+			return s, true, true
+		}
+	}
+	info, ok := mg.ck.Info(name)
+	return info.Shape, info.DType.IsFloat(), ok
 }
 
 // paperScale returns s = alpha/r (alpha/√r with rsLoRA) in float64.
@@ -295,15 +343,15 @@ func (mg *merger) loadAdapters() error {
 		s := paperScale(a.Config)
 		for _, p := range a.Pairs {
 			w := p.Module.Weight()
-			info, ok := mg.ck.Info(w)
+			shape, isFloat, ok := mg.baseShape(w)
 			if !ok {
 				return fmt.Errorf("%s: the adapter adapts %s but the base checkpoint %s has no tensor %s; pass the --base this adapter was trained on", spec.Dir, p.Module.Path, mg.opt.Base, w)
 			}
-			if !slices.Equal(info.Shape, []int{p.Module.Out, p.Module.In}) {
-				return fmt.Errorf("%s: %s is %v in the base checkpoint but the adapter expects [%d %d]; pass the --base this adapter was trained on", spec.Dir, w, info.Shape, p.Module.Out, p.Module.In)
+			if !slices.Equal(shape, []int{p.Module.Out, p.Module.In}) {
+				return fmt.Errorf("%s: %s is %v in the base checkpoint but the adapter expects [%d %d]; pass the --base this adapter was trained on", spec.Dir, w, shape, p.Module.Out, p.Module.In)
 			}
-			if !info.DType.IsFloat() {
-				return fmt.Errorf("base %s: %s has dtype %s; only float weights can be merged into", mg.opt.Base, w, info.DType)
+			if !isFloat {
+				return fmt.Errorf("base %s: %s is not a float tensor; only float weights can be merged into", mg.opt.Base, w)
 			}
 			for _, f := range []struct {
 				which string
@@ -463,13 +511,17 @@ func (mg *merger) plan() ([]shard, int64) {
 	var curBytes, total int64
 	for _, n := range naturalOrder(mg.ck.Names()) {
 		info, _ := mg.ck.Info(n)
+		mg.sum.BaseBytes += info.NumBytes()
+		if mg.qi != nil && mg.qi.IsPart(n) {
+			continue // the scales of a quantized weight: folded into its dequantized values
+		}
+		shape, isFloat, _ := mg.baseShape(n)
 		dt := info.DType
-		if dt.IsFloat() {
+		if isFloat {
 			dt = mg.outDT
 		}
-		t := safetensors.TensorInfo{Name: n, DType: dt, Shape: slices.Clone(info.Shape)}
+		t := safetensors.TensorInfo{Name: n, DType: dt, Shape: slices.Clone(shape)}
 		size := t.NumBytes()
-		mg.sum.BaseBytes += info.NumBytes()
 		mg.sum.LargestTensorBytes = max(mg.sum.LargestTensorBytes, info.NumBytes(), size)
 		if len(cur) > 0 && curBytes+size > mg.opt.MaxShardSize {
 			shards = append(shards, cur)
@@ -699,7 +751,15 @@ func (mg *merger) writeTensor(w io.Writer, out safetensors.TensorInfo) error {
 	if f, ok := mg.ck.File(name); ok {
 		file = f.Path()
 	}
-	if !in.DType.IsFloat() {
+	var qt *quant.Tensor // the quantized base weight, dequantized block by block
+	if _, ok := mg.baseQuantized(name); ok {
+		if qt, err = quant.ReadTensor(mg.ck, mg.qi, name); err != nil {
+			return err
+		}
+		mg.alloc(qt.Bytes())
+		defer mg.free(qt.Bytes())
+		in = out // the original shape; values come from qt
+	} else if !in.DType.IsFloat() {
 		if _, err := w.Write(raw); err != nil {
 			return writeErr{err}
 		}
@@ -740,14 +800,23 @@ func (mg *merger) writeTensor(w io.Writer, out safetensors.TensorInfo) error {
 	osz := mg.outDT.Size()
 	acc := make([]float64, blockRows*cols)   // (blockRows, cols)
 	obuf := make([]byte, blockRows*cols*osz) // the encoded block
-	bufBytes := int64(8*len(acc) + len(obuf))
+	var qbuf []float32                       // (blockRows, cols) dequantized base values
+	if qt != nil {
+		qbuf = make([]float32, blockRows*cols)
+	}
+	bufBytes := int64(8*len(acc) + len(obuf) + 4*len(qbuf))
 	mg.alloc(bufBytes)
 	defer mg.free(bufBytes)
 	for r0 := 0; r0 < rows; r0 += blockRows {
 		nr := min(blockRows, rows-r0)
 		blk := acc[:nr*cols]
-		src := raw[r0*cols*esz : (r0+nr)*cols*esz]
-		if err := decodeInto(blk, in.DType, src); err != nil {
+		if qt != nil {
+			q := qbuf[:nr*cols]
+			qt.DequantizeRange(q, r0*cols, (r0+nr)*cols)
+			for i, v := range q {
+				blk[i] = float64(v)
+			}
+		} else if err := decodeInto(blk, in.DType, raw[r0*cols*esz:(r0+nr)*cols*esz]); err != nil {
 			return fmt.Errorf("%s: tensor %q: %w", file, name, err)
 		}
 		for i, v := range blk {

@@ -166,5 +166,3 @@ func countNonZero(v []float64) int {
 	}
 	return n
 }
-
-
