@@ -171,7 +171,7 @@ func (a *acts) layer(l int) *layerActs {
 
 // MemoryPlan is the memory a training step needs, in bytes, on the device.
 type MemoryPlan struct {
-	Weights                    int64 // the model's weights (float32)
+	Weights                    int64 // the model's weights as stored (float32, bfloat16 or packed)
 	Trainable                  int64 // trainable values (the LoRA A/B; for full, the weights themselves)
 	Grads                      int64 // their gradients
 	Optimizer                  int64 // AdamW's two moments (held on the host by internal/optim)
@@ -195,7 +195,7 @@ func (e *Engine) MemoryPlan(B, T int) MemoryPlan {
 	}
 	nt := 4 * e.NumTrainable()
 	return MemoryPlan{
-		Weights:                    4 * e.cfg.NumParams(),
+		Weights:                    e.m.WeightMemory().Bytes,
 		Trainable:                  nt,
 		Grads:                      nt,
 		Optimizer:                  2 * nt,

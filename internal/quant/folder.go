@@ -221,6 +221,13 @@ func (r *FolderReport) BitsPerParam() float64 {
 // quantized and written one at a time. out must not exist unless overwrite is set. Every file
 // is written to a temporary file and renamed into place; on error nothing half-written stays.
 func QuantizeFolder(src, out string, o Options, overwrite bool) (*FolderReport, error) {
+	return QuantizeFolderWith(src, out, o, overwrite, nil)
+}
+
+// QuantizeFolderWith is QuantizeFolder with fn quantizing each Linear weight (nil:
+// Quantize); fn must return a tensor in format o of the given shape. Training with LoftQ saves
+// the base its adapter belongs to this way.
+func QuantizeFolderWith(src, out string, o Options, overwrite bool, fn func(name string, w []float32, shape []int) (*Tensor, error)) (*FolderReport, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
@@ -310,9 +317,17 @@ func QuantizeFolder(src, out string, o Options, overwrite bool) (*FolderReport, 
 				return err
 			}
 			rep.PeakTensor = max(rep.PeakTensor, 4*int64(len(x)))
-			t, err := Quantize(name, x, info.Shapes[name], o)
+			var t *Tensor
+			if fn != nil {
+				t, err = fn(name, x, info.Shapes[name])
+			} else {
+				t, err = Quantize(name, x, info.Shapes[name], o)
+			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", src, err)
+			}
+			if t.Format != o.Format || t.GroupSize != o.GroupSize || (t.DQ != nil) != o.DoubleQuant || t.N != len(x) {
+				return fmt.Errorf("%s: the quantizer returned %s (group %d) for %s, want %s (group %d)", src, t.Format, t.GroupSize, name, o.Format, o.GroupSize)
 			}
 			for _, b := range partBytes(t) {
 				if _, err := w.Write(b); err != nil {

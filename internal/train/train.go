@@ -67,6 +67,7 @@ type job struct {
 	loader  *data.Loader
 	evalSet []data.Batch
 	base    string // base model fingerprint
+	ql      qloraState
 }
 
 // Run trains as cfg says. ctx cancellation (Ctrl-C) writes a checkpoint and returns an error
@@ -104,14 +105,14 @@ func (j *job) setup() error {
 	// LoRA leaves the base frozen: with model.dtype auto, BF16 checkpoints stay BF16 in memory
 	// (half the bytes, the same results as widening them); bf16 rounds F32 ones too. Full
 	// fine-tuning trains fp32 copies.
-	if c.Model.Quantize != "none" {
-		return fmt.Errorf("model.quantize %q: quantized bases (QLoRA) are not implemented yet (issue #6); set model.quantize: none", c.Model.Quantize)
-	}
 	isLoRA := c.LoRA.Method == "lora"
 	if !isLoRA && c.Model.DType == "bf16" {
 		return errors.New("model.dtype bf16 stores frozen weights, but lora.method full trains them in f32; set model.dtype: auto (or f32)")
 	}
 	opt := model.LoadOptions{KeepBF16: isLoRA && c.Model.DType == "auto", ToBF16: isLoRA && c.Model.DType == "bf16"}
+	if err := j.quantLoad(&opt); err != nil { // model.quantize (QLoRA), lora.init loftq
+		return err
+	}
 	be, err := device.Open(c.Train.Device, j.log)
 	if err != nil {
 		return fmt.Errorf("train.device: %w", err)
@@ -175,7 +176,7 @@ func (j *job) setup() error {
 	// Adapter (or none for full fine-tuning) and engine.
 	var a *lora.Adapter
 	if c.LoRA.Method == "lora" {
-		if a, err = j.newAdapter(); err != nil {
+		if a, err = j.newQAdapter(); err != nil {
 			return err
 		}
 	}
@@ -245,6 +246,7 @@ func (j *job) dryRun() error {
 		{"activations", p.Activations}, {"activations without checkpointing", p.ActivationsNoCheckpointing}} {
 		fmt.Fprintf(j.log, "  %-36s %10.2f MiB\n", r.k, float64(r.v)/(1<<20))
 	}
+	j.printQuantPlan()
 	if c.Train.GradCheckpointing {
 		fmt.Fprintf(j.log, "  gradient checkpointing saves %.2f MiB of activations\n", float64(p.ActivationsNoCheckpointing-p.Activations)/(1<<20))
 	}

@@ -202,11 +202,6 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("bad target: %v", err)
 	}
 
-	c = tinyConfig(t, filepath.Join(dir, "q"), 2)
-	c.Model.Quantize = "nf4"
-	if _, err := Run(context.Background(), c, Options{}); err == nil || !strings.Contains(err.Error(), "not implemented yet") {
-		t.Errorf("model.quantize nf4: %v", err)
-	}
 	c = tinyConfig(t, filepath.Join(dir, "f"), 2)
 	c.LoRA.Method, c.Model.DType = "full", "bf16"
 	if _, err := Run(context.Background(), c, Options{}); err == nil || !strings.Contains(err.Error(), "model.dtype: auto") {
