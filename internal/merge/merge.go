@@ -129,6 +129,10 @@ type merger struct {
 	bufCur  int64
 	bufPeak int64
 	heap    uint64
+
+	acc  []float64 // row-block buffers reused across tensors (see buffers)
+	obuf []byte
+	qbuf []float32
 }
 
 // Run merges opt.Adapters into opt.Base and writes opt.Out. On any error nothing is left at
@@ -798,15 +802,7 @@ func (mg *merger) writeTensor(w io.Writer, out safetensors.TensorInfo) error {
 	blockRows := max(1, (1<<16)/cols)
 	esz := in.DType.Size()
 	osz := mg.outDT.Size()
-	acc := make([]float64, blockRows*cols)   // (blockRows, cols)
-	obuf := make([]byte, blockRows*cols*osz) // the encoded block
-	var qbuf []float32                       // (blockRows, cols) dequantized base values
-	if qt != nil {
-		qbuf = make([]float32, blockRows*cols)
-	}
-	bufBytes := int64(8*len(acc) + len(obuf) + 4*len(qbuf))
-	mg.alloc(bufBytes)
-	defer mg.free(bufBytes)
+	acc, obuf, qbuf := mg.buffers(blockRows*cols, osz, qt != nil)
 	for r0 := 0; r0 < rows; r0 += blockRows {
 		nr := min(blockRows, rows-r0)
 		blk := acc[:nr*cols]
@@ -855,6 +851,23 @@ func (mg *merger) writeTensor(w io.Writer, out safetensors.TensorInfo) error {
 	}
 	mg.sampleHeap()
 	return nil
+}
+
+// buffers returns the row-block buffers, reused across tensors (grown when a block is larger):
+// float64 values, their encoding in the output dtype, and float32 dequantized values.
+func (mg *merger) buffers(n, osz int, quantized bool) ([]float64, []byte, []float32) {
+	before := int64(8*cap(mg.acc) + cap(mg.obuf) + 4*cap(mg.qbuf))
+	if cap(mg.acc) < n {
+		mg.acc = make([]float64, n)
+	}
+	if cap(mg.obuf) < n*osz {
+		mg.obuf = make([]byte, n*osz)
+	}
+	if quantized && cap(mg.qbuf) < n {
+		mg.qbuf = make([]float32, n)
+	}
+	mg.alloc(int64(8*cap(mg.acc)+cap(mg.obuf)+4*cap(mg.qbuf)) - before)
+	return mg.acc[:n], mg.obuf[:n*osz], mg.qbuf[:min(n, cap(mg.qbuf))]
 }
 
 // delta builds the update of one weight by the merge method: low-rank factors for linear, cat
