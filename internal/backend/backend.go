@@ -22,10 +22,10 @@ type DType uint8
 
 // The element types a backend may store.
 const (
-	F32  DType = iota // IEEE 754 binary32
-	BF16              // bfloat16: the top 16 bits of a float32
-	F16               // IEEE 754 binary16
-	Quantized         // a packed (quantized) frozen weight, see PackedStore
+	F32       DType = iota // IEEE 754 binary32
+	BF16                   // bfloat16: the top 16 bits of a float32
+	F16                    // IEEE 754 binary16
+	Quantized              // a packed (quantized) frozen weight, see PackedStore
 )
 
 // String returns the safetensors spelling of d ("F32", "BF16", "F16").

@@ -327,37 +327,38 @@ func (t *Tensor) Dequantize() []float32 {
 	return out
 }
 
-// DequantizeRange writes elements [lo, hi) of t into dst[0:hi-lo].
+// DequantizeRange writes elements [lo, hi) of t into dst[0:hi-lo]. It allocates nothing and
+// may run concurrently on disjoint ranges.
 func (t *Tensor) DequantizeRange(dst []float32, lo, hi int) {
 	if lo < 0 || hi > t.N || lo > hi || len(dst) < hi-lo {
 		panic(fmt.Sprintf("quant: DequantizeRange(%d, %d) of a tensor of %d elements into %d values", lo, hi, t.N, len(dst)))
 	}
-	scales := t.Scales
-	if t.DQ != nil {
-		// Only the groups of the range are needed.
-		g0, g1 := lo/t.GroupSize, (hi+t.GroupSize-1)/t.GroupSize
-		dq := make([]float32, g1-g0)
-		for g := g0; g < g1; g++ {
-			dq[g-g0] = t.DQ.value(g)
+	gs := t.GroupSize
+	for i := lo; i < hi; {
+		g := i / gs
+		end := min((g+1)*gs, hi) // the part of group g inside the range
+		var sc float32
+		if t.DQ != nil {
+			sc = t.DQ.value(g)
+		} else {
+			sc = t.Scales[g]
 		}
-		for i := lo; i < hi; i++ {
-			dst[i-lo] = NF4Code[nibble(t.Codes, i)] * dq[i/t.GroupSize-g0]
+		d := dst[i-lo : end-lo]
+		switch t.Format {
+		case NF4:
+			for k := range d {
+				d[k] = NF4Code[nibble(t.Codes, i+k)] * sc
+			}
+		case Int8:
+			for k, c := range t.Codes[i:end] {
+				d[k] = float32(int8(c)) * sc
+			}
+		case Int4:
+			for k := range d {
+				d[k] = float32(int(nibble(t.Codes, i+k))-8) * sc
+			}
 		}
-		return
-	}
-	switch t.Format {
-	case NF4:
-		for i := lo; i < hi; i++ {
-			dst[i-lo] = NF4Code[nibble(t.Codes, i)] * scales[i/t.GroupSize]
-		}
-	case Int8:
-		for i := lo; i < hi; i++ {
-			dst[i-lo] = float32(int8(t.Codes[i])) * scales[i/t.GroupSize]
-		}
-	case Int4:
-		for i := lo; i < hi; i++ {
-			dst[i-lo] = float32(int(nibble(t.Codes, i))-8) * scales[i/t.GroupSize]
-		}
+		i = end
 	}
 }
 

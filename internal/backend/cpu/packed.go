@@ -46,11 +46,22 @@ func (be *Backend) expand(w backend.Buffer) (f []float32, h []uint16, sp *[]floa
 	}
 	n := cb.p.Len()
 	sp = getF32(n)
-	s := *sp
-	p := cb.p
-	forRange(n, packedAlign, be.workers(4*n), rangeFunc(func(lo, hi int) { p.DequantizeRange(s[lo:hi], lo, hi) }))
-	return s, nil, sp
+	a := expandArgs.get()
+	a.p, a.dst = cb.p, *sp
+	forRange(n, packedAlign, be.workers(4*n), a)
+	expandArgs.put(a)
+	return *sp, nil, sp
 }
+
+// expandBody is one expansion's job for the pool (recycled, so a product allocates nothing).
+type expandBody struct {
+	p   backend.Packed
+	dst []float32 // (n,)
+}
+
+var expandArgs argPool[expandBody]
+
+func (e *expandBody) run(lo, hi int) { e.p.DequantizeRange(e.dst[lo:hi], lo, hi) }
 
 // isPacked reports whether b is a packed CPU buffer.
 func isPacked(b backend.Buffer) bool {

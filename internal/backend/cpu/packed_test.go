@@ -103,3 +103,28 @@ func TestPackedWeightsMatchF32(t *testing.T) {
 		}
 	}
 }
+
+// TestPackedProductAllocatesNothing: once warm, a product with a packed weight allocates
+// nothing (the scratch and the pool's job are recycled).
+func TestPackedProductAllocatesNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are not meaningful under -race")
+	}
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 5))
+	N, C, OC := 8, 256, 512
+	w := make([]float32, OC*C)
+	for i := range w {
+		w[i] = float32(rng.NormFloat64())
+	}
+	q, err := quant.Quantize("w", w, []int{OC, C}, quant.Options{Format: quant.NF4, DoubleQuant: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := New()
+	pw, _ := be.UploadPacked(q)
+	x, out := be.Alloc(N*C), be.Alloc(N*OC)
+	be.MatMulForward(out, x, pw, nil, N, C, OC)
+	if n := testing.AllocsPerRun(20, func() { be.MatMulForward(out, x, pw, nil, N, C, OC) }); n > 0 {
+		t.Fatalf("MatMulForward with a packed weight: %.1f allocations per call, want 0", n)
+	}
+}
