@@ -56,12 +56,24 @@ type compat struct {
 	GradAccum int      `json:"grad_accum"`
 	SeqLen    int      `json:"seq_len"`
 	Packing   bool     `json:"packing"`
+	// A quantized base (QLoRA) and LoftQ shape the frozen weights: a resume must rebuild the same.
+	Quantize    string `json:"quantize,omitempty"` // model.quantize, empty for none
+	QuantGroup  int    `json:"quant_group,omitempty"`
+	DoubleQuant bool   `json:"double_quant,omitempty"`
+	LoftQIter   int    `json:"loftq_iter,omitempty"` // lora.init loftq only
 }
 
 func compatOf(c *config.Train) compat {
-	return compat{Method: c.LoRA.Method, R: c.LoRA.R, Alpha: c.LoRA.Alpha, RSLoRA: c.LoRA.RSLoRA, Targets: c.LoRA.Targets,
+	k := compat{Method: c.LoRA.Method, R: c.LoRA.R, Alpha: c.LoRA.Alpha, RSLoRA: c.LoRA.RSLoRA, Targets: c.LoRA.Targets,
 		Layers: c.LoRA.Layers, Seed: c.Train.Seed, BatchSize: c.Train.BatchSize, GradAccum: c.Train.GradAccum,
 		SeqLen: c.Data.SeqLen, Packing: c.Data.Packing}
+	if c.Model.Quantize != "none" {
+		k.Quantize, k.QuantGroup, k.DoubleQuant = c.Model.Quantize, c.Model.GroupSize, c.Model.DoubleQuant
+		if c.LoRA.Init == "loftq" {
+			k.LoftQIter = c.LoRA.LoftQIter
+		}
+	}
+	return k
 }
 
 // save writes checkpoint-<step> atomically: everything goes into a temporary folder beside it,

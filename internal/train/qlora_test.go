@@ -203,3 +203,18 @@ func TestQLoRABadInput(t *testing.T) {
 		t.Errorf("loftq with --init-adapter: %v", err)
 	}
 }
+
+// TestQLoRAResumeNeedsTheSameQuantization: a checkpoint of a QLoRA run does not resume with
+// another quantization of the base.
+func TestQLoRAResumeNeedsTheSameQuantization(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "q")
+	c := qloraConfig(t, out, 4, "nf4", false)
+	c.Train.SaveEvery = 2
+	if _, err := Run(context.Background(), c, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	c2 := qloraConfig(t, out, 4, "int4", false)
+	if _, err := Run(context.Background(), c2, Options{Resume: filepath.Join(out, "checkpoint-2")}); err == nil || !strings.Contains(err.Error(), "config") {
+		t.Errorf("resume with another model.quantize: %v", err)
+	}
+}
