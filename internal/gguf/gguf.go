@@ -167,8 +167,8 @@ const BlockSize = 32
 
 // Block byte sizes: an fp16 scale and the codes.
 const (
-	q8BlockBytes = 2 + BlockSize     // 34
-	q4BlockBytes = 2 + BlockSize/2   // 18
+	q8BlockBytes = 2 + BlockSize   // 34
+	q4BlockBytes = 2 + BlockSize/2 // 18
 )
 
 var ggmlNames = map[GGMLType]string{F32: "F32", F16: "F16", Q4_0: "Q4_0", Q8_0: "Q8_0"}
