@@ -371,3 +371,35 @@ func TestQuantizedPerplexity(t *testing.T) {
 		t.Errorf("int8 perplexity %.4f is not below the 4-bit formats' (nf4 %.4f, int4 %.4f)", by["int8"], by["nf4"], by["int4"])
 	}
 }
+
+// TestQuantizeWithoutPackedStore: on a backend that cannot keep packed weights, a quantized base
+// is uploaded as float32 with the quantization's values, giving the same logits.
+func TestQuantizeWithoutPackedStore(t *testing.T) {
+	src := refdata.Stories260K(t)
+	o := quant.Options{Format: quant.Int4, GroupSize: 32}
+	packed, err := LoadWith(src, cpu.New(), LoadOptions{Quantize: &o})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer packed.Close()
+	plain, err := LoadWith(src, plainBackend{cpu.New()}, LoadOptions{Quantize: &o})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if dt, _ := plain.WeightDType("model.layers.0.self_attn.q_proj.weight"); dt != backend.F32 {
+		t.Fatalf("q_proj stored as %s on a backend without PackedStore", dt)
+	}
+	tokens := []int{1, 338, 401, 396, 267, 337, 410, 408, 419}
+	a, err := packed.ForwardAll(tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := plain.ForwardAll(tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(a, b) {
+		t.Fatal("packed and float32 uploads of the same quantized base give other logits")
+	}
+}
