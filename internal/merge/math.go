@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"slices"
 
 	"github.com/loractl/loractl/internal/safetensors"
 )
@@ -139,8 +138,7 @@ func trimTopK(t []float64, k int) {
 	for i, v := range t {
 		mags[i] = math.Abs(v)
 	}
-	slices.Sort(mags)
-	thr := mags[len(t)-k] // the k-th largest magnitude
+	thr := selectNth(mags, len(t)-k) // the k-th largest magnitude
 	above := 0
 	for _, v := range t {
 		if math.Abs(v) > thr {
@@ -158,6 +156,39 @@ func trimTopK(t []float64, k int) {
 			t[i] = 0
 		}
 	}
+}
+
+// selectNth returns the value that would be at index n of a sorted ascending (quickselect with
+// Hoare partitioning and a median-of-three pivot, O(len) on average); a is reordered.
+func selectNth(a []float64, n int) float64 {
+	lo, hi := 0, len(a)-1
+	for lo < hi {
+		x, y, z := a[lo], a[lo+(hi-lo)/2], a[hi]
+		p := max(min(x, y), min(max(x, y), z)) // the median of the three
+		i, j := lo, hi
+		for i <= j {
+			for a[i] < p {
+				i++
+			}
+			for a[j] > p {
+				j--
+			}
+			if i <= j {
+				a[i], a[j] = a[j], a[i]
+				i++
+				j--
+			}
+		}
+		switch {
+		case n <= j:
+			hi = j
+		case n >= i:
+			lo = i
+		default:
+			return a[n] // between the two parts: equal to the pivot
+		}
+	}
+	return a[n]
 }
 
 // dropRandom is DARE's drop-and-rescale: each entry survives with probability density and is

@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/big"
 	"math/rand/v2"
+	"sort"
 	"testing"
 
 	"github.com/loractl/loractl/internal/safetensors"
@@ -269,6 +270,24 @@ func TestParseSize(t *testing.T) {
 	for _, s := range []string{"", "GB", "-1MB", "0", "five", "NaNGB", "1e30TB"} {
 		if _, err := ParseSize(s); err == nil {
 			t.Errorf("ParseSize(%q) accepted", s)
+		}
+	}
+}
+
+// TestSelectNth compares quickselect with sorting, on random values with many repeats.
+func TestSelectNth(t *testing.T) {
+	rng := rand.New(rand.NewPCG(4, 4))
+	for trial := 0; trial < 200; trial++ {
+		n := 1 + rng.IntN(300)
+		a := make([]float64, n)
+		for i := range a {
+			a[i] = float64(rng.IntN(1 + trial%20))
+		}
+		sorted := append([]float64(nil), a...)
+		sort.Float64s(sorted)
+		k := rng.IntN(n)
+		if got := selectNth(append([]float64(nil), a...), k); got != sorted[k] {
+			t.Fatalf("selectNth(%v, %d) = %v, want %v", a, k, got, sorted[k])
 		}
 	}
 }

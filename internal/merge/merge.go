@@ -812,8 +812,12 @@ func (mg *merger) writeTensor(w io.Writer, out safetensors.TensorInfo) error {
 			for i, v := range q {
 				blk[i] = float64(v)
 			}
-		} else if err := decodeInto(blk, in.DType, raw[r0*cols*esz:(r0+nr)*cols*esz]); err != nil {
-			return fmt.Errorf("%s: tensor %q: %w", file, name, err)
+		} else {
+			src := raw[r0*cols*esz : (r0+nr)*cols*esz]
+			if err := decodeInto(blk, in.DType, src); err != nil {
+				return fmt.Errorf("%s: tensor %q: %w", file, name, err)
+			}
+			releasePages(src)
 		}
 		for i, v := range blk {
 			if math.IsNaN(v) || math.IsInf(v, 0) {
@@ -850,6 +854,7 @@ func (mg *merger) writeTensor(w io.Writer, out safetensors.TensorInfo) error {
 		}
 	}
 	mg.sampleHeap()
+	releasePages(raw)
 	return nil
 }
 
