@@ -73,6 +73,9 @@ func runQuantize(s *streams, o *quantizeOptions) error {
 		}
 		return runQuantizeGGUF(s, ggufOptions{Model: dir, Out: o.Out, Format: strings.ToLower(o.Format), Overwrite: o.Overwrite})
 	}
+	if strings.HasSuffix(strings.ToLower(o.Out), ".gguf") {
+		return usageError{fmt.Errorf("quantize: --out %s is a .gguf file, but --format %s writes a model folder; use --format gguf-f16, gguf-q8_0 or gguf-q4_0 for GGUF", o.Out, o.Format)}
+	}
 	f, err := quant.ParseFormat(o.Format)
 	if err != nil {
 		return usageError{fmt.Errorf("quantize: --format %q: want nf4, int8, int4, gguf-f16, gguf-q8_0 or gguf-q4_0", o.Format)}

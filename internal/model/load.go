@@ -159,6 +159,9 @@ func (m *Model) loadWeights(ck *safetensors.Checkpoint, dir string, opt LoadOpti
 	if err != nil {
 		return err
 	}
+	if err := checkQuantConfig(m.cfg.Path, where, qi); err != nil {
+		return err
+	}
 	if opt.Quantize != nil {
 		if err := opt.Quantize.Validate(); err != nil {
 			return err

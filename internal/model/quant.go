@@ -1,7 +1,9 @@
 package model
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
 	"slices"
 
 	"github.com/loractl/loractl/internal/backend"
@@ -18,6 +20,31 @@ import (
 // weights are instead kept quantized on a backend that implements backend.PackedStore and
 // expanded right before each product (QLoRA): from a float checkpoint they are quantized while
 // loading, and a quantized checkpoint in the same format is uploaded as it is.
+
+// checkQuantConfig compares config.json's quantization_config with what the weights hold (qi,
+// nil for none): a checkpoint quantized by another tool (bitsandbytes, GPTQ, AWQ, ...) cannot be
+// read, and a loractl quantization_config without the weights' metadata is a broken folder.
+func checkQuantConfig(cfgPath, where string, qi *quant.Info) error {
+	raw, err := os.ReadFile(cfgPath)
+	if err != nil {
+		return nil // LoadConfig read it a moment ago; nothing more to say here
+	}
+	var c struct {
+		QC *struct {
+			Method string `json:"quant_method"`
+		} `json:"quantization_config"`
+	}
+	if json.Unmarshal(raw, &c) != nil || c.QC == nil {
+		return nil
+	}
+	switch {
+	case c.QC.Method != quant.QuantMethod:
+		return fmt.Errorf("%s: the checkpoint is quantized with %q (quantization_config in %s), which loractl cannot read; use the original float checkpoint (and loractl quantize, or model.quantize for QLoRA)", where, c.QC.Method, cfgPath)
+	case qi == nil:
+		return fmt.Errorf("%s: config.json (%s) says the weights are quantized by loractl, but the safetensors file has no %s metadata; re-create the folder with loractl quantize", where, cfgPath, quant.MetadataKey)
+	}
+	return nil
+}
 
 // QuantizeFunc quantizes one Linear weight while loading (LoadOptions.QuantizeFunc).
 type QuantizeFunc func(name string, w []float32, shape []int) (*quant.Tensor, error)

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -401,5 +402,29 @@ func TestQuantizeWithoutPackedStore(t *testing.T) {
 	}
 	if !slices.Equal(a, b) {
 		t.Fatal("packed and float32 uploads of the same quantized base give other logits")
+	}
+}
+
+// TestForeignQuantization: a folder that config.json says is quantized by another tool, or by
+// loractl but without the weights' metadata, is a clear error.
+func TestForeignQuantization(t *testing.T) {
+	src := refdata.Stories260K(t)
+	for _, c := range []struct{ method, want string }{{"bitsandbytes", "cannot read"}, {quant.QuantMethod, "re-create"}} {
+		dir := filepath.Join(t.TempDir(), "m")
+		copyFolder(t, src, dir)
+		raw, _ := os.ReadFile(filepath.Join(dir, "config.json"))
+		var cfg map[string]any
+		if err := json.Unmarshal(raw, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		cfg["quantization_config"] = map[string]any{"quant_method": c.method, "load_in_4bit": true}
+		raw, _ = json.Marshal(cfg)
+		if err := os.WriteFile(filepath.Join(dir, "config.json"), raw, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Load(dir, cpu.New())
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "config.json") {
+			t.Errorf("quant_method %s: %v", c.method, err)
+		}
 	}
 }
