@@ -67,6 +67,7 @@ func TestQuantizeBadInput(t *testing.T) {
 		{[]string{"--out", filepath.Join(dir, "x"), "--group-size", "3"}, "group size 3"},
 		{[]string{"--out", filepath.Join(dir, "x"), "--format", "gguf-q8_0", "--double-quant"}, "nf4 only"},
 		{[]string{}, "--out"},
+		{[]string{"--out", filepath.Join(dir, "x.gguf"), "--format", "nf4"}, "gguf-q8_0"},
 	} {
 		code, _, errs := run(t, "", append([]string{"quantize", "--model", src}, c.args...)...)
 		if code == 0 || !strings.Contains(errs, c.want) || strings.Contains(errs, "panic") {
