@@ -25,6 +25,7 @@ GOARCH=arm64 go vet ./internal/backend/...
 echo "== fuzz (${FUZZTIME} each)"
 go test -run '^$' -fuzz '^FuzzParseHeader$' -fuzztime "$FUZZTIME" ./internal/safetensors
 go test -run '^$' -fuzz '^FuzzLoad$' -fuzztime "$FUZZTIME" ./internal/tokenizer/sentencepiece
+go test -run '^$' -fuzz '^FuzzQuantize$' -fuzztime "$FUZZTIME" ./internal/quant
 echo "== go test"
 go test -count=1 ./...
 echo "== go test -tags cuda (the probe against a stand-in driver library; GPU tests skip without one)"
