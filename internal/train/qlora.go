@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/loractl/loractl/internal/lora"
 	"github.com/loractl/loractl/internal/model"
@@ -69,6 +71,9 @@ func (j *job) quantLoad(opt *model.LoadOptions) error {
 	mc, err := model.LoadConfig(c.Model.Path)
 	if err != nil {
 		return err
+	}
+	if raw, err := os.ReadFile(filepath.Join(c.Model.Path, model.ConfigFile)); err == nil && strings.Contains(string(raw), `"quantization_config"`) {
+		return fmt.Errorf("lora.init loftq quantizes the float base W0 itself, but %s is already quantized; set model.path to the original float checkpoint", c.Model.Path)
 	}
 	mods, err := lora.Select(lora.Modules(mc), c.LoRA.Targets, c.LoRA.Layers)
 	if err != nil {

@@ -202,6 +202,21 @@ func TestQLoRABadInput(t *testing.T) {
 	if _, err := Run(context.Background(), c, Options{InitAdapter: first}); err == nil || !strings.Contains(err.Error(), "--init-adapter") {
 		t.Errorf("loftq with --init-adapter: %v", err)
 	}
+	qdir := filepath.Join(t.TempDir(), "nf4")
+	if _, err := quant.QuantizeFolder(c.Model.Path, qdir, quant.Options{Format: quant.NF4}, false); err != nil {
+		t.Fatal(err)
+	}
+	c = qloraConfig(t, filepath.Join(t.TempDir(), "v"), 2, "nf4", false)
+	c.Model.Path, c.LoRA.Init = qdir, "loftq"
+	if _, err := Run(context.Background(), c, Options{}); err == nil || !strings.Contains(err.Error(), "already quantized") {
+		t.Errorf("loftq on a quantized folder: %v", err)
+	}
+	// Plain QLoRA on a folder quantized in the same format trains on its packed weights.
+	c = qloraConfig(t, filepath.Join(t.TempDir(), "u"), 2, "nf4", false)
+	c.Model.Path = qdir
+	if _, err := Run(context.Background(), c, Options{}); err != nil {
+		t.Errorf("QLoRA on a quantized folder: %v", err)
+	}
 }
 
 // TestQLoRAResumeNeedsTheSameQuantization: a checkpoint of a QLoRA run does not resume with
