@@ -373,6 +373,7 @@ func bpeVocab(path string, tc *tokenizerConfig, vocabSize int) (*Vocab, error) {
 	// Merges: "a b" strings, or [a, b] pairs (tokenizers >= 0.20).
 	var ms []string
 	if err := json.Unmarshal(t.Model.Merges, &ms); err != nil {
+		ms = nil // a failed Unmarshal may have filled part of it
 		var pairs [][2]string
 		if err := json.Unmarshal(t.Model.Merges, &pairs); err != nil {
 			return nil, fmt.Errorf("%s: model.merges is neither a list of strings nor of pairs", path)

@@ -1,0 +1,267 @@
+package gguf
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	gp "github.com/gpustack/gguf-parser-go"
+
+	"github.com/loractl/loractl/internal/model"
+	"github.com/loractl/loractl/internal/refdata"
+	"github.com/loractl/loractl/internal/safetensors"
+)
+
+// synthModel writes a random untied llama model folder with BF16 weights and llama3 RoPE
+// scaling, with stories260K's tokenizer files (vocab 512).
+func synthModel(t *testing.T, rng *rand.Rand) (string, map[string][]float32) {
+	t.Helper()
+	src := refdata.Stories260K(t)
+	dir := t.TempDir()
+	for _, f := range []string{"tokenizer.model", "tokenizer_config.json"} {
+		b, err := os.ReadFile(filepath.Join(src, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, f), b, 0o644)
+	}
+	heads, kv, hd := 4, 2, 16
+	C, F, V, L := heads*hd, 96, 512, 2
+	cfg := map[string]any{
+		"model_type": "llama", "hidden_size": C, "intermediate_size": F, "num_hidden_layers": L,
+		"num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": V, "rms_norm_eps": 1e-6,
+		"rope_theta": 500000.0, "max_position_embeddings": 4096, "tie_word_embeddings": false,
+		"bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16",
+		"rope_scaling": map[string]any{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+	}
+	b, _ := json.Marshal(cfg)
+	os.WriteFile(filepath.Join(dir, "config.json"), b, 0o644)
+	vals := map[string][]float32{}
+	var ts []safetensors.Tensor
+	add := func(name string, shape ...int) {
+		n := 1
+		for _, d := range shape {
+			n *= d
+		}
+		v := randVec(rng, n, 0.05+rng.Float64())
+		for i := range v { // exactly representable in BF16, so the source values are known
+			v[i] = safetensors.BF16ToFloat32(safetensors.Float32ToBF16(v[i]))
+		}
+		data, _ := safetensors.EncodeFloat32(safetensors.BF16, v)
+		vals[name] = v
+		ts = append(ts, safetensors.Tensor{Name: name, DType: safetensors.BF16, Shape: shape, Data: data})
+	}
+	add("model.embed_tokens.weight", V, C)
+	add("lm_head.weight", V, C)
+	add("model.norm.weight", C)
+	for l := 0; l < L; l++ {
+		p := fmt.Sprintf("model.layers.%d.", l)
+		add(p+"input_layernorm.weight", C)
+		add(p+"post_attention_layernorm.weight", C)
+		add(p+"self_attn.q_proj.weight", heads*hd, C)
+		add(p+"self_attn.k_proj.weight", kv*hd, C)
+		add(p+"self_attn.v_proj.weight", kv*hd, C)
+		add(p+"self_attn.o_proj.weight", C, heads*hd)
+		add(p+"mlp.gate_proj.weight", F, C)
+		add(p+"mlp.up_proj.weight", F, C)
+		add(p+"mlp.down_proj.weight", C, F)
+	}
+	if err := safetensors.Write(filepath.Join(dir, "model.safetensors"), ts, map[string]string{"format": "pt"}); err != nil {
+		t.Fatal(err)
+	}
+	return dir, vals
+}
+
+func TestExportSyntheticUntied(t *testing.T) {
+	rng := newRNG(t)
+	dir, vals := synthModel(t, rng)
+	cfg, err := model.LoadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "s.gguf")
+	rep, err := ExportModel(dir, out, FormatQ4_0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// Untied: output.weight is written, as Q8_0 (the output matrix under gguf-q4_0); the
+	// embedding is Q4_0; rope_freqs holds the llama3 factors.
+	types := map[string]GGMLType{"output.weight": Q8_0, "token_embd.weight": Q4_0, "rope_freqs.weight": F32, "blk.1.ffn_down.weight": Q4_0, "blk.0.attn_norm.weight": F32}
+	for name, want := range types {
+		ti, ok := f.Tensor(name)
+		if !ok || ti.Type != want {
+			t.Fatalf("%s: present %v, type %s, want %s (report %+v)", name, ok, ti.Type, want, rep)
+		}
+	}
+	rf, _ := f.Float32("rope_freqs.weight")
+	if len(rf) != cfg.HeadDim/2 {
+		t.Fatalf("rope_freqs has %d values, want %d", len(rf), cfg.HeadDim/2)
+	}
+	// Factors run from 1 (high frequencies) to the scaling factor (low), never outside.
+	if rf[0] != 1 || rf[len(rf)-1] != float32(cfg.RopeScaling.Factor) {
+		t.Fatalf("rope_freqs %v", rf)
+	}
+	for i := 1; i < len(rf); i++ {
+		if rf[i] < rf[i-1] {
+			t.Fatalf("rope_freqs not monotone: %v", rf)
+		}
+	}
+	for _, ti := range f.Tensors {
+		if ti.Name == "rope_freqs.weight" {
+			continue
+		}
+		hf, heads := hfName(t, ti.Name, cfg)
+		src := vals[hf]
+		got, err := f.Float32(ti.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if heads > 0 {
+			got = UnpermuteRows(got, int(ti.Shape[1]), int(ti.Shape[0]), heads)
+		}
+		checkBound(t, ti.Name, ti.Type, src, got)
+	}
+	if pf, err := gp.ParseGGUFFile(out); err != nil || pf.Architecture().Architecture != "llama" || pf.Header.TensorCount != uint64(len(f.Tensors)) {
+		t.Fatalf("gguf-parser-go: %v", err)
+	}
+}
+
+func TestExportFullDisk(t *testing.T) {
+	rng := newRNG(t)
+	dir, _ := synthModel(t, rng)
+	outDir := t.TempDir()
+	out := filepath.Join(outDir, "s.gguf")
+	for _, n := range []int{0, 4096, 100000} {
+		tempWrapper = func(w io.Writer) io.Writer { return &failAfter{w: w, n: n} }
+		_, err := ExportModel(dir, out, FormatQ8_0, false)
+		tempWrapper = nil
+		if err == nil || !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), out) {
+			t.Fatalf("disk full after %d bytes: %v", n, err)
+		}
+		if ents, _ := os.ReadDir(outDir); len(ents) != 0 {
+			t.Fatalf("disk full after %d bytes left %v", n, ents)
+		}
+	}
+}
+
+func TestExportNotANumber(t *testing.T) {
+	rng := newRNG(t)
+	dir, vals := synthModel(t, rng)
+	// Rewrite the checkpoint with one NaN in a random matrix.
+	ck, _ := safetensors.OpenCheckpoint(dir)
+	var ts []safetensors.Tensor
+	names := ck.Names()
+	bad := names[rng.IntN(len(names))]
+	for _, n := range names {
+		v := append([]float32(nil), vals[n]...)
+		if n == bad {
+			v[rng.IntN(len(v))] = float32(math.NaN())
+		}
+		info, _ := ck.Info(n)
+		data, _ := safetensors.EncodeFloat32(safetensors.F32, v)
+		ts = append(ts, safetensors.Tensor{Name: n, DType: safetensors.F32, Shape: info.Shape, Data: data})
+	}
+	ck.Close()
+	if err := safetensors.Write(filepath.Join(dir, "model.safetensors"), ts, nil); err != nil {
+		t.Fatal(err)
+	}
+	outDir := t.TempDir()
+	_, err := ExportModel(dir, filepath.Join(outDir, "x.gguf"), FormatF16, false)
+	if err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "not numbers") {
+		t.Fatalf("NaN in %s: %v", bad, err)
+	}
+	if ents, _ := os.ReadDir(outDir); len(ents) != 0 {
+		t.Fatalf("left %v", ents)
+	}
+}
+
+// TestBPEVocab builds the byte-level BPE vocabularies of the llama3 and qwen3 tokenizers and
+// checks them against tokenizer.json, then has gguf-parser-go read them back.
+func TestBPEVocab(t *testing.T) {
+	for _, c := range []struct{ name, pre string }{{"llama3", "llama-bpe"}, {"qwen3", "qwen2"}} {
+		src := refdata.Path(t, "tokenizers", c.name)
+		data, err := os.ReadFile(filepath.Join(src, "tokenizer.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tj struct {
+			Model struct {
+				Vocab  map[string]int    `json:"vocab"`
+				Merges []json.RawMessage `json:"merges"`
+			} `json:"model"`
+			Added []struct {
+				ID      int    `json:"id"`
+				Content string `json:"content"`
+				Special bool   `json:"special"`
+			} `json:"added_tokens"`
+		}
+		if err := json.Unmarshal(data, &tj); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, id := range tj.Model.Vocab {
+			n = max(n, id+1)
+		}
+		for _, a := range tj.Added {
+			n = max(n, a.ID+1)
+		}
+		vocabSize := n + 3 // room for [PADn] entries, as a model with a padded embedding has
+		cfg := &model.Config{VocabSize: vocabSize, BOSTokenID: -1}
+		v, err := LoadVocab(src, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Model != "gpt2" || v.Pre != c.pre || len(v.Tokens) != vocabSize || len(v.Types) != vocabSize || len(v.Merges) != len(tj.Model.Merges) {
+			t.Fatalf("%s: model %s pre %s, %d tokens, %d types, %d merges (want %d tokens, %d merges)", c.name, v.Model, v.Pre, len(v.Tokens), len(v.Types), len(v.Merges), vocabSize, len(tj.Model.Merges))
+		}
+		for tok, id := range tj.Model.Vocab {
+			if v.Tokens[id] != tok || v.Types[id] != tokNormal {
+				t.Fatalf("%s: token %d is %q type %d, want %q normal", c.name, id, v.Tokens[id], v.Types[id], tok)
+			}
+		}
+		for _, a := range tj.Added {
+			if v.Tokens[a.ID] != a.Content || (a.Special && v.Types[a.ID] != tokControl) {
+				t.Fatalf("%s: added token %d: %q type %d", c.name, a.ID, v.Tokens[a.ID], v.Types[a.ID])
+			}
+		}
+		for i := n; i < vocabSize; i++ {
+			if v.Types[i] != tokUnused || !strings.HasPrefix(v.Tokens[i], "[PAD") {
+				t.Fatalf("%s: id %d: %q type %d, want a [PAD] unused token", c.name, i, v.Tokens[i], v.Types[i])
+			}
+		}
+		if v.ChatTemplates[""] == "" {
+			t.Fatalf("%s: no chat template", c.name)
+		}
+		if v.EOS < 0 {
+			t.Fatalf("%s: no eos id", c.name)
+		}
+		// A vocabulary-only file, read back by gguf-parser-go.
+		out := filepath.Join(t.TempDir(), "vocab.gguf")
+		kv := append([]KV{{"general.architecture", "llama"}}, v.KV()...)
+		if err := WriteFile(out, false, kv, nil); err != nil {
+			t.Fatal(err)
+		}
+		pf, err := gp.ParseGGUFFile(out)
+		if err != nil {
+			t.Fatalf("%s: gguf-parser-go: %v", c.name, err)
+		}
+		tk := pf.Tokenizer()
+		t.Logf("%s: gguf-parser-go tokenizer %q, %d tokens, %d merges, eos %d, %d added", c.name, tk.Model, tk.TokensLength, tk.MergesLength, tk.EOSTokenID, tk.AddedTokensLength)
+		if tk.Model != "gpt2" || tk.TokensLength != uint64(vocabSize) || tk.MergesLength != uint64(len(v.Merges)) || tk.EOSTokenID != int64(v.EOS) {
+			t.Fatalf("%s: parsed tokenizer %+v", c.name, tk)
+		}
+	}
+}
