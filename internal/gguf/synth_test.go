@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/loractl/loractl/internal/model"
 	"github.com/loractl/loractl/internal/refdata"
 	"github.com/loractl/loractl/internal/safetensors"
+	"github.com/loractl/loractl/internal/tokenizer/sentencepiece"
 )
 
 // synthModel writes a random untied llama model folder with BF16 weights and llama3 RoPE
@@ -263,5 +265,58 @@ func TestBPEVocab(t *testing.T) {
 		if tk.Model != "gpt2" || tk.TokensLength != uint64(vocabSize) || tk.MergesLength != uint64(len(v.Merges)) || tk.EOSTokenID != int64(v.EOS) {
 			t.Fatalf("%s: parsed tokenizer %+v", c.name, tk)
 		}
+	}
+}
+
+// TestSentencepieceVocab checks the llama vocabulary of stories260K's tokenizer.model against
+// the pieces, with the tokenizer_config.json overrides and padding to a larger vocab_size.
+func TestSentencepieceVocab(t *testing.T) {
+	rng := newRNG(t)
+	dir := refdata.Stories260K(t)
+	sp, err := sentencepiece.Load(filepath.Join(dir, "tokenizer.model"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := readTokenizerConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra := 1 + rng.IntN(40)
+	v, err := LoadVocab(dir, &model.Config{VocabSize: sp.VocabSize() + extra, BOSTokenID: 1, EOSTokenIDs: []int{2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Tokens) != sp.VocabSize()+extra || v.Model != "llama" || v.Pre != "default" {
+		t.Fatalf("%d tokens, model %s, pre %s", len(v.Tokens), v.Model, v.Pre)
+	}
+	bytesSeen := 0
+	for id := 0; id < sp.VocabSize(); id++ {
+		text, score, typ, _ := sp.Piece(id)
+		if e, ok := tc.AddedDecoder[strconv.Itoa(id)]; ok {
+			if v.Tokens[id] != e.Content || v.Scores[id] != -1000 || (e.Special && v.Types[id] != tokControl) {
+				t.Fatalf("added token %d: %q %g %d", id, v.Tokens[id], v.Scores[id], v.Types[id])
+			}
+			continue
+		}
+		if v.Tokens[id] != text || v.Scores[id] != score {
+			t.Fatalf("piece %d: %q %g, want %q %g", id, v.Tokens[id], v.Scores[id], text, score)
+		}
+		if typ == sentencepiece.Byte {
+			bytesSeen++
+			if v.Types[id] != tokByte {
+				t.Fatalf("byte piece %d has type %d", id, v.Types[id])
+			}
+		}
+	}
+	if bytesSeen != 256 {
+		t.Fatalf("%d byte pieces", bytesSeen)
+	}
+	for id := sp.VocabSize(); id < len(v.Tokens); id++ {
+		if v.Tokens[id] != "[PAD"+strconv.Itoa(id)+"]" || v.Types[id] != tokUnused || v.Scores[id] != -10000 {
+			t.Fatalf("pad %d: %q %d %g", id, v.Tokens[id], v.Types[id], v.Scores[id])
+		}
+	}
+	if v.BOS != 1 || v.EOS != 2 || v.UNK != sp.UNK() || v.AddBOS == nil || !*v.AddBOS {
+		t.Fatalf("bos %d eos %d unk %d add_bos %v", v.BOS, v.EOS, v.UNK, v.AddBOS)
 	}
 }

@@ -231,9 +231,10 @@ func LoadVocab(dir string, cfg *model.Config) (*Vocab, error) {
 	return v, nil
 }
 
-// sentencepieceVocab is the converter's _create_vocab_sentencepiece: every piece with its
-// score and type, the added tokens of tokenizer_config.json overriding theirs (CONTROL when
-// special, else USER_DEFINED; score -1000), and [PADn] UNUSED tokens up to vocab_size.
+// sentencepieceVocab is the converter's _create_vocab_sentencepiece: vocab_size slots that
+// start as "[PADid]" UNUSED tokens with score -10000, every piece with its score and type, then
+// added_tokens.json (USER_DEFINED) and the added tokens of tokenizer_config.json (CONTROL when
+// special or special-looking, else USER_DEFINED), both with score -1000.
 func sentencepieceVocab(path string, tc *tokenizerConfig, vocabSize int) (*Vocab, error) {
 	sp, err := sentencepiece.Load(path)
 	if err != nil {
@@ -243,7 +244,11 @@ func sentencepieceVocab(path string, tc *tokenizerConfig, vocabSize int) (*Vocab
 	if n > vocabSize {
 		return nil, fmt.Errorf("%s has %d pieces but the model's vocab_size is %d; the tokenizer belongs to another model", path, n, vocabSize)
 	}
-	v := &Vocab{Model: "llama", Pre: "default", Source: path, UNK: sp.UNK(), BOS: -1, EOS: -1, PAD: -1}
+	v := &Vocab{Model: "llama", Pre: "default", Source: path, UNK: sp.UNK(), BOS: -1, EOS: -1, PAD: -1,
+		Tokens: make([]string, vocabSize), Scores: make([]float32, vocabSize), Types: make([]int32, vocabSize)}
+	for id := range v.Tokens {
+		v.Tokens[id], v.Scores[id], v.Types[id] = fmt.Sprintf("[PAD%d]", id), -10000, tokUnused
+	}
 	for id := 0; id < n; id++ {
 		text, score, typ, _ := sp.Piece(id)
 		tt := tokNormal
@@ -257,17 +262,27 @@ func sentencepieceVocab(path string, tc *tokenizerConfig, vocabSize int) (*Vocab
 		case sentencepiece.Byte:
 			tt = tokByte
 		}
-		v.Tokens = append(v.Tokens, text)
-		v.Scores = append(v.Scores, score)
-		v.Types = append(v.Types, tt)
+		v.Tokens[id], v.Scores[id], v.Types[id] = text, score, tt
+	}
+	addedPath := filepath.Join(filepath.Dir(path), "added_tokens.json")
+	if data, err := os.ReadFile(addedPath); err == nil {
+		var added map[string]int
+		if err := json.Unmarshal(data, &added); err != nil {
+			return nil, fmt.Errorf("%s: want an object of token → id: %v", addedPath, err)
+		}
+		for text, id := range added {
+			if id >= 0 && id < vocabSize {
+				v.Tokens[id], v.Scores[id], v.Types[id] = text, -1000, tokUserDefined
+			}
+		}
 	}
 	for key, e := range tc.AddedDecoder {
 		id, err := strconv.Atoi(key)
 		if err != nil || id < 0 {
 			return nil, fmt.Errorf("%s: added_tokens_decoder key %q is not a token id", tc.path, key)
 		}
-		if id >= n {
-			continue // the converter ignores ids past the sentencepiece vocabulary here
+		if id >= vocabSize {
+			return nil, fmt.Errorf("%s: added token %q has id %d, outside the model's vocab_size %d", tc.path, e.Content, id, vocabSize)
 		}
 		text := e.Content
 		if e.Special || looksSpecial(text) {
@@ -278,11 +293,6 @@ func sentencepieceVocab(path string, tc *tokenizerConfig, vocabSize int) (*Vocab
 		}
 		v.Scores[id] = -1000
 		v.Tokens[id] = text
-	}
-	for i := n; i < vocabSize; i++ {
-		v.Tokens = append(v.Tokens, fmt.Sprintf("[PAD%d]", i-n+1))
-		v.Scores = append(v.Scores, -1000)
-		v.Types = append(v.Types, tokUnused)
 	}
 	return v, nil
 }
