@@ -11,6 +11,7 @@ package kernels
 
 //go:generate nvcc -ptx -arch=compute_80 -O3 -o elementwise.ptx elementwise.cu
 //go:generate nvcc -ptx -arch=compute_80 -O3 -o attention.ptx attention.cu
+//go:generate nvcc -ptx -arch=compute_80 -O3 -o flash.ptx flash.cu
 
 // Module is one compiled .cu file: its PTX and the kernels it defines.
 type Module struct {
@@ -29,4 +30,5 @@ var Modules = []Module{
 	}},
 	{"attention", AttentionPTX, []string{"attention_forward", "add_bias", "attention_train_forward",
 		"attention_backward_q", "attention_backward_kv", "embedding_backward", "bias_backward"}},
+	{"flash", FlashPTX, []string{"flash_attention_forward", "flash_attention_backward_q", "flash_attention_backward_kv"}},
 }

@@ -11,3 +11,8 @@ var ElementwisePTX string
 //
 //go:embed attention.ptx
 var AttentionPTX string
+
+// FlashPTX is flash.cu compiled by `go generate`.
+//
+//go:embed flash.ptx
+var FlashPTX string

@@ -49,28 +49,31 @@ func (h host) down(b backend.Buffer) []float32 {
 // checks maps every kernel to its check. TestEveryKernelChecked fails for a kernel of
 // kernels.Modules that has none.
 var checks = map[string]func(t *testing.T){
-	"rmsnorm_forward":         checkRMSNormForward,
-	"rmsnorm_backward_rows":   checkRMSNormBackward,
-	"rmsnorm_backward_dw":     checkRMSNormBackward,
-	"swiglu_forward":          checkSwiGLUForward,
-	"swiglu_backward":         checkSwiGLUBackward,
-	"rope_pos":                checkRoPE,
-	"embedding_forward":       checkEmbeddingForward,
-	"embedding_forward_bf16":  checkEmbeddingForwardBF16,
-	"add_forward":             checkAddForward,
-	"axpy":                    checkAxpy,
-	"scale":                   checkScale,
-	"cast_f32_bf16":           checkCasts,
-	"cast_bf16_f32":           checkCasts,
-	"cross_entropy":           checkCrossEntropy,
-	"adamw":                   checkAdamW,
-	"attention_forward":       checkAttentionForward,
-	"add_bias":                checkAddBias,
-	"attention_train_forward": checkAttentionTrainForward,
-	"attention_backward_q":    checkAttentionBackward,
-	"attention_backward_kv":   checkAttentionBackward,
-	"embedding_backward":      checkEmbeddingBackward,
-	"bias_backward":           checkBiasBackward,
+	"rmsnorm_forward":             checkRMSNormForward,
+	"rmsnorm_backward_rows":       checkRMSNormBackward,
+	"rmsnorm_backward_dw":         checkRMSNormBackward,
+	"swiglu_forward":              checkSwiGLUForward,
+	"swiglu_backward":             checkSwiGLUBackward,
+	"rope_pos":                    checkRoPE,
+	"embedding_forward":           checkEmbeddingForward,
+	"embedding_forward_bf16":      checkEmbeddingForwardBF16,
+	"add_forward":                 checkAddForward,
+	"axpy":                        checkAxpy,
+	"scale":                       checkScale,
+	"cast_f32_bf16":               checkCasts,
+	"cast_bf16_f32":               checkCasts,
+	"cross_entropy":               checkCrossEntropy,
+	"adamw":                       checkAdamW,
+	"attention_forward":           checkAttentionForward,
+	"add_bias":                    checkAddBias,
+	"attention_train_forward":     checkAttentionTrainForward,
+	"attention_backward_q":        checkAttentionBackward,
+	"attention_backward_kv":       checkAttentionBackward,
+	"embedding_backward":          checkEmbeddingBackward,
+	"bias_backward":               checkBiasBackward,
+	"flash_attention_forward":     checkFlashForward,
+	"flash_attention_backward_q":  checkFlashBackward,
+	"flash_attention_backward_kv": checkFlashBackward,
 }
 
 // TestKernels runs the check of every kernel of kernels.Modules and fails for a kernel that has
@@ -506,4 +509,113 @@ func checkBiasBackward(t *testing.T) {
 	h.be.MatMulBackward(nil, nil, db, h.up(dy), nil, nil, N, 5, OC)
 	res := launch(t, "bias_backward", (OC+255)/256, 256, inout(db0), in(dy), i32(N), i32(OC))
 	closeTo(t, "bias_backward", res.f32(0), h.down(db), 1e-5)
+}
+
+// refLSE is the float64 logsumexp of every attention row (B, NH, T): log Σ_s exp(q_t·k_s/sqrt(D))
+// over the keys query t sees.
+func refLSE(q, k []float32, seg []int, B, T, NH, NKV, D int) []float32 {
+	lse := make([]float32, B*NH*T)
+	for b := 0; b < B; b++ {
+		for h := 0; h < NH; h++ {
+			kh := h / (NH / NKV)
+			for t := 0; t < T; t++ {
+				sc := make([]float64, 0, t+1)
+				m := math.Inf(-1)
+				for s := 0; s <= t; s++ {
+					if seg != nil && seg[b*T+s] != seg[b*T+t] {
+						continue
+					}
+					d := 0.0
+					for i := 0; i < D; i++ {
+						d += float64(q[((b*T+t)*NH+h)*D+i]) * float64(k[((b*T+s)*NKV+kh)*D+i])
+					}
+					d /= math.Sqrt(float64(D))
+					sc = append(sc, d)
+					m = max(m, d)
+				}
+				sum := 0.0
+				for _, d := range sc {
+					sum += math.Exp(d - m)
+				}
+				lse[(b*NH+h)*T+t] = float32(m + math.Log(sum))
+			}
+		}
+	}
+	return lse
+}
+
+// flashShapes adds to attnShapes the ones the tiles make interesting: several query and key
+// tiles, GQA groups of 4, the conformance suite's D = 8.
+func flashShapes(r *rand.Rand) []attnShape {
+	return append(attnShapes(r),
+		attnShape{B: 1, T: 100, NH: 8, NKV: 2, D: 32, seg: packedSeg(r, 1, 100)},
+		attnShape{B: 2, T: 7, NH: 4, NKV: 2, D: 8},
+		attnShape{B: 1, T: 70, NH: 2, NKV: 1, D: 128},
+	)
+}
+
+// flashGrid is the grid of a flash kernel: one block per (batch, head) and tile of rows.
+func flashGrid(B, heads, T, rows int) int { return B * heads * ((T + rows - 1) / rows) }
+
+func checkFlashForward(t *testing.T) {
+	r := rand.New(rand.NewPCG(20, 20))
+	for _, s := range flashShapes(r) {
+		B, T, NH, NKV, D := s.B, s.T, s.NH, s.NKV, s.D
+		q, k, v := randv(r, B*T*NH*D, 2), randv(r, B*T*NKV*D, 2), randv(r, B*T*NKV*D, 1)
+		h := newHost()
+		o, att := h.be.Alloc(B*T*NH*D), h.be.Alloc(B*NH*T*T)
+		h.be.AttentionTrainForward(o, att, h.up(q), h.up(k), h.up(v), s.seg, B, T, NH, NKV, D)
+		res := launch(t, "flash_attention_forward", flashGrid(B, NH, T, 16), 128, out(B*T*NH*D), out(B*NH*T), in(q), in(k), in(v), segArg(s.seg),
+			i32(B), i32(T), i32(NH), i32(NKV), i32(D))
+		closeTo(t, "flash_attention_forward out", res.f32(0), h.down(o), 1e-5)
+		closeTo(t, "flash_attention_forward lse", res.f32(1), refLSE(q, k, s.seg, B, T, NH, NKV, D), 1e-5)
+	}
+}
+
+// checkFlashBackward: the flash backward from the flash forward's out and lse gives the CPU
+// backend's AttentionBackward (which backendtest checks against finite differences).
+func checkFlashBackward(t *testing.T) {
+	r := rand.New(rand.NewPCG(21, 21))
+	for _, s := range flashShapes(r) {
+		B, T, NH, NKV, D := s.B, s.T, s.NH, s.NKV, s.D
+		nq, nk := B*T*NH*D, B*T*NKV*D
+		q, k, v, do := randv(r, nq, 2), randv(r, nk, 2), randv(r, nk, 1), randv(r, nq, 1)
+		dq0, dk0, dv0 := randv(r, nq, 1), randv(r, nk, 1), randv(r, nk, 1)
+		h := newHost()
+		o, att := h.be.Alloc(nq), h.be.Alloc(B*NH*T*T)
+		h.be.AttentionTrainForward(o, att, h.up(q), h.up(k), h.up(v), s.seg, B, T, NH, NKV, D)
+		dqc, dkc, dvc := h.up(dq0), h.up(dk0), h.up(dv0)
+		h.be.AttentionBackward(dqc, dkc, dvc, h.up(do), att, h.up(q), h.up(k), h.up(v), s.seg, B, T, NH, NKV, D)
+		dims := []arg{i32(B), i32(T), i32(NH), i32(NKV), i32(D)}
+		fwd := launch(t, "flash_attention_forward", flashGrid(B, NH, T, 16), 128, append([]arg{out(nq), out(B * NH * T), in(q), in(k), in(v), segArg(s.seg)}, dims...)...)
+		O, L := fwd.f32(0), fwd.f32(1)
+		resQ := launch(t, "flash_attention_backward_q", flashGrid(B, NH, T, 8), 128,
+			append([]arg{inout(dq0), out(B * NH * T), in(do), in(O), in(L), in(q), in(k), in(v), segArg(s.seg)}, dims...)...)
+		closeTo(t, "flash_attention_backward_q dq", resQ.f32(0), h.down(dqc), 1e-5)
+		Di := make([]float32, B*NH*T)
+		for b := 0; b < B; b++ {
+			for hh := 0; hh < NH; hh++ {
+				for tt := 0; tt < T; tt++ {
+					sum := 0.0
+					for i := 0; i < D; i++ {
+						j := ((b*T+tt)*NH+hh)*D + i
+						sum += float64(do[j]) * float64(O[j])
+					}
+					Di[(b*NH+hh)*T+tt] = float32(sum)
+				}
+			}
+		}
+		closeTo(t, "flash_attention_backward_q Di", resQ.f32(1), Di, 1e-5)
+		resKV := launch(t, "flash_attention_backward_kv", flashGrid(B, NKV, T, 8), 128,
+			append([]arg{inout(dk0), inout(dv0), in(do), in(L), in(resQ.f32(1)), in(q), in(k), in(v), segArg(s.seg)}, dims...)...)
+		closeTo(t, "flash_attention_backward_kv dk", resKV.f32(0), h.down(dkc), 1e-5)
+		closeTo(t, "flash_attention_backward_kv dv", resKV.f32(1), h.down(dvc), 1e-5)
+		// Gradients not wanted: dq NULL still writes Di; dk or dv NULL leaves the other right.
+		nq0 := launch(t, "flash_attention_backward_q", flashGrid(B, NH, T, 8), 128,
+			append([]arg{null(), out(B * NH * T), in(do), in(O), in(L), in(q), in(k), in(v), segArg(s.seg)}, dims...)...)
+		closeTo(t, "flash_attention_backward_q Di (dq NULL)", nq0.f32(1), resQ.f32(1), 0)
+		onlyV := launch(t, "flash_attention_backward_kv", flashGrid(B, NKV, T, 8), 128,
+			append([]arg{null(), inout(dv0), in(do), in(L), in(resQ.f32(1)), in(q), in(k), in(v), segArg(s.seg)}, dims...)...)
+		closeTo(t, "flash_attention_backward_kv dv (dk NULL)", onlyV.f32(1), resKV.f32(1), 0)
+	}
 }
