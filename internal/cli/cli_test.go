@@ -475,7 +475,7 @@ func TestDevices(t *testing.T) {
 		return // a CUDA build on a GPU machine: the rest is about builds without a GPU
 	}
 	for _, d := range []string{"gpu", "cuda:x", "cuda:-1"} {
-		if code, _, errs := run(t, "", "generate", "--device", d, "--prompt", "x"); code != 2 || !strings.Contains(errs, "--device") {
+		if code, _, errs := run(t, "", "generate", "--device", d, "--model", "../../models/tiny-arith", "--prompt", "x"); code != 2 || !strings.Contains(errs, "--device") {
 			t.Errorf("--device %s: exit %d, stderr %q; want a usage error (exit 2)", d, code, errs)
 		}
 	}
