@@ -239,6 +239,10 @@ func ExportModel(dir, out, format string, overwrite bool) (*ExportReport, error)
 		rep.Notes = append(rep.Notes, "tie_word_embeddings is set: lm_head.weight is not written (llama.cpp uses token_embd.weight)")
 	}
 
+	if cfg.SlidingWindow > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("sliding_window %d is not written: llama.cpp's llama architecture attends to the whole context, as the converter's output does", cfg.SlidingWindow))
+	}
+
 	// Every checkpoint tensor must be accounted for.
 	used := map[string]bool{"lm_head.weight": hasHead && cfg.TieWordEmbeddings}
 	for _, s := range srcs {
