@@ -18,11 +18,17 @@ import (
 // The driver: builds the emulator once per test binary (g++ on the .cu files of kernels.Modules,
 // cuda_emu.h, runtime.cpp and a registry of every kernel of Modules), then runs launches in it.
 
+// A build is one emulator binary: a set of .cu files and the kernels it registers.
+type build struct {
+	once sync.Once
+	bin  string
+	err  error
+}
+
 var (
-	buildOnce sync.Once
-	emuBin    string
-	buildErr  error
-	buildDir  string
+	buildsMu sync.Mutex
+	builds   = map[string]*build{}
+	buildDir string // removed by TestMain
 )
 
 func TestMain(m *testing.M) {
@@ -33,67 +39,97 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// registry is the C++ file that includes every module and registers every kernel it lists.
-func registry(kdir string) string {
+// registry is the C++ file that includes the .cu files and registers the kernels.
+func registry(cuFiles, entries []string) string {
 	var b strings.Builder
-	b.WriteString("// Written by kernels/emu/emu_test.go from kernels.Modules.\n")
-	for _, m := range kernels.Modules {
-		fmt.Fprintf(&b, "#include %q\n", filepath.Join(kdir, m.Name+".cu"))
+	b.WriteString("// Written by kernels/emu/emu_test.go.\n")
+	for _, f := range cuFiles {
+		fmt.Fprintf(&b, "#include %q\n", f)
 	}
 	b.WriteString("#include \"launch.h\"\nconst emu::Entry emu::kernels[] = {\n")
-	for _, m := range kernels.Modules {
-		for _, e := range m.Entries {
-			fmt.Fprintf(&b, "\tEMU_KERNEL(%s),\n", e)
-		}
+	for _, e := range entries {
+		fmt.Fprintf(&b, "\tEMU_KERNEL(%s),\n", e)
 	}
 	b.WriteString("\t{nullptr, nullptr},\n};\n")
 	return b.String()
 }
 
-// emulator returns the built emulator, skipping the test when g++ is missing.
+// emulator returns the emulator of every kernel of kernels.Modules, building it on first use
+// and skipping the test when g++ is missing.
 func emulator(t *testing.T) string {
+	t.Helper()
+	here, err := filepath.Abs(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cuFiles, entries []string
+	for _, m := range kernels.Modules {
+		cuFiles = append(cuFiles, filepath.Join(filepath.Dir(here), m.Name+".cu"))
+		entries = append(entries, m.Entries...)
+	}
+	return emulatorOf(t, "kernels", cuFiles, entries)
+}
+
+// emulatorOf builds (once per key) the emulator of the given .cu files and kernels.
+func emulatorOf(t *testing.T, key string, cuFiles, entries []string) string {
 	t.Helper()
 	gxx, err := exec.LookPath("g++")
 	if err != nil {
 		t.Skip("g++ not found: the CUDA kernels are not executed on the CPU (install g++ to run the emulator checks)")
 	}
-	buildOnce.Do(func() {
+	buildsMu.Lock()
+	bd := builds[key]
+	if bd == nil {
+		bd = &build{}
+		builds[key] = bd
+	}
+	if buildDir == "" {
+		if buildDir, err = os.MkdirTemp("", "loractl-emu-"); err != nil {
+			buildsMu.Unlock()
+			t.Fatal(err)
+		}
+	}
+	dir := filepath.Join(buildDir, key)
+	buildsMu.Unlock()
+	bd.once.Do(func() {
 		here, err := filepath.Abs(".")
 		if err != nil {
-			buildErr = err
-			return
-		}
-		if buildDir, err = os.MkdirTemp("", "loractl-emu-"); err != nil {
-			buildErr = err
+			bd.err = err
 			return
 		}
 		// Read every source g++ will read, so that go test's cache sees a change to any of them.
-		for _, pat := range []string{"../*.cu", "../*.cuh", "*.h", "harness/*.cpp"} {
+		srcs := append([]string(nil), cuFiles...)
+		for _, pat := range []string{"../*.cuh", "*.h", "harness/*.cpp"} {
 			files, _ := filepath.Glob(filepath.Join(here, pat))
-			for _, f := range files {
-				if _, err := os.ReadFile(f); err != nil {
-					buildErr = err
-					return
-				}
+			srcs = append(srcs, files...)
+		}
+		for _, f := range srcs {
+			if _, err := os.ReadFile(f); err != nil {
+				bd.err = err
+				return
 			}
 		}
-		reg := filepath.Join(buildDir, "registry.cpp")
-		if err := os.WriteFile(reg, []byte(registry(filepath.Dir(here))), 0o644); err != nil {
-			buildErr = err
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			bd.err = err
 			return
 		}
-		emuBin = filepath.Join(buildDir, "emu")
+		reg := filepath.Join(dir, "registry.cpp")
+		if err := os.WriteFile(reg, []byte(registry(cuFiles, entries)), 0o644); err != nil {
+			bd.err = err
+			return
+		}
+		bd.bin = filepath.Join(dir, "emu")
 		cmd := exec.Command(gxx, "-std=c++17", "-O1", "-g", "-ffp-contract=off", "-U_FORTIFY_SOURCE", "-Wall", "-Werror",
 			"-Wno-unused-function", "-include", filepath.Join(here, "cuda_emu.h"), "-I", here,
-			"-o", emuBin, reg, filepath.Join(here, "harness", "runtime.cpp"))
+			"-o", bd.bin, reg, filepath.Join(here, "harness", "runtime.cpp"))
 		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("g++: %v\n%s", err, out)
+			bd.err = fmt.Errorf("g++: %v\n%s", err, out)
 		}
 	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	if bd.err != nil {
+		t.Fatal(bd.err)
 	}
-	return emuBin
+	return bd.bin
 }
 
 // arg is one kernel argument.
@@ -177,7 +213,16 @@ var (
 // memory). It returns the buffers of the forward run.
 func launch(t *testing.T, kernel string, grid, block int, args ...arg) result {
 	t.Helper()
-	bin := emulator(t)
+	res, err := runLaunch(t, emulator(t), kernel, grid, block, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// runLaunch is launch in the emulator bin, returning its failure.
+func runLaunch(t *testing.T, bin, kernel string, grid, block int, args ...arg) (result, error) {
+	t.Helper()
 	launchedMu.Lock()
 	if launched[t.Name()] == nil {
 		launched[t.Name()] = map[string]bool{}
@@ -218,7 +263,7 @@ func launch(t *testing.T, kernel string, grid, block int, args ...arg) result {
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		if err := cmd.Run(); err != nil {
-			t.Fatalf("%s (grid %d, block %d, %s order): %v\n%s", kernel, grid, block, order, err, stderr.String())
+			return nil, fmt.Errorf("%s (grid %d, block %d, %s order): %v\n%s", kernel, grid, block, order, err, stderr.String())
 		}
 		runs[k] = result{}
 		for i, a := range args {
@@ -234,10 +279,10 @@ func launch(t *testing.T, kernel string, grid, block int, args ...arg) result {
 	}
 	for i, b := range runs[0] {
 		if !bytes.Equal(b, runs[1][i]) {
-			t.Fatalf("%s: argument %d differs between the forward and the reverse schedule (a race, or a read of memory no thread wrote)", kernel, i)
+			return nil, fmt.Errorf("%s: argument %d differs between the forward and the reverse schedule (a race, or a read of memory no thread wrote)", kernel, i)
 		}
 	}
-	return runs[0]
+	return runs[0], nil
 }
 
 // closeTo fails unless the normwise relative error ‖got−want‖/‖want‖ is at most tol and every
