@@ -26,6 +26,7 @@ echo "== fuzz (${FUZZTIME} each)"
 go test -run '^$' -fuzz '^FuzzParseHeader$' -fuzztime "$FUZZTIME" ./internal/safetensors
 go test -run '^$' -fuzz '^FuzzLoad$' -fuzztime "$FUZZTIME" ./internal/tokenizer/sentencepiece
 go test -run '^$' -fuzz '^FuzzQuantize$' -fuzztime "$FUZZTIME" ./internal/quant
+go test -run '^$' -fuzz '^FuzzParse$' -fuzztime "$FUZZTIME" ./internal/gguf
 echo "== go test (includes ./kernels/emu: every CUDA kernel executed on the CPU by the emulator; skips without g++)"
 go test -count=1 ./...
 echo "== go test -tags cuda (the probe against a stand-in driver library; GPU tests skip without one)"
