@@ -431,8 +431,14 @@ func (r *runner) pass(dir string, a *lora.Adapter, rep *Report) (Row, error) {
 			return nil
 		}
 		rep.peakHeld = max(rep.peakHeld, len(bt.segs))
+		// A partly filled batch runs only its used rows (the engine computes padding rows too).
+		b := bt.b
+		if used := bt.r + 1; used < b.B {
+			k := used * b.T
+			b.B, b.Tokens, b.Targets, b.Positions, b.Segments = used, b.Tokens[:k], b.Targets[:k], b.Positions[:k], b.Segments[:k]
+		}
 		t0 := time.Now()
-		s, n, err := eng.Loss(bt.b)
+		s, n, err := eng.Loss(b)
 		row.LossSeconds += time.Since(t0).Seconds()
 		if err != nil {
 			return fmt.Errorf("%s: %s: %w", r.opt.Data, row.Name, err)
