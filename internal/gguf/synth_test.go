@@ -22,26 +22,34 @@ import (
 	"github.com/loractl/loractl/internal/tokenizer/sentencepiece"
 )
 
-// synthModel writes a random untied llama model folder with BF16 weights and llama3 RoPE
-// scaling, with stories260K's tokenizer files (vocab 512).
+// synthModel writes a random untied llama model folder with BF16 weights, llama3 RoPE scaling
+// and a made-up byte-level BPE tokenizer.json (vocab 512), so it needs no reference data.
 func synthModel(t *testing.T, rng *rand.Rand) (string, map[string][]float32) {
 	t.Helper()
-	src := refdata.Stories260K(t)
 	dir := t.TempDir()
-	for _, f := range []string{"tokenizer.model", "tokenizer_config.json"} {
-		b, err := os.ReadFile(filepath.Join(src, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(dir, f), b, 0o644)
+	vocab := map[string]int{}
+	var merges []string
+	for i := 0; i < 510; i++ {
+		vocab[fmt.Sprintf("t%d", i)] = i
 	}
+	for i := 0; i < 20; i++ {
+		merges = append(merges, fmt.Sprintf("t%d t%d", rng.IntN(500), rng.IntN(500)))
+	}
+	tj, _ := json.Marshal(map[string]any{
+		"added_tokens":   []map[string]any{{"id": 510, "content": "<|bos|>", "special": true}, {"id": 511, "content": "<|eos|>", "special": true}},
+		"pre_tokenizer":  map[string]any{"type": "ByteLevel", "add_prefix_space": false, "use_regex": true},
+		"model":          map[string]any{"type": "BPE", "vocab": vocab, "merges": merges},
+		"post_processor": nil,
+	})
+	os.WriteFile(filepath.Join(dir, "tokenizer.json"), tj, 0o644)
+	os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), []byte(`{"bos_token": "<|bos|>", "eos_token": "<|eos|>", "chat_template": "{{ messages }}"}`), 0o644)
 	heads, kv, hd := 4, 2, 16
 	C, F, V, L := heads*hd, 96, 512, 2
 	cfg := map[string]any{
 		"model_type": "llama", "hidden_size": C, "intermediate_size": F, "num_hidden_layers": L,
 		"num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": V, "rms_norm_eps": 1e-6,
 		"rope_theta": 500000.0, "max_position_embeddings": 4096, "tie_word_embeddings": false,
-		"bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16",
+		"bos_token_id": 510, "eos_token_id": 511, "torch_dtype": "bfloat16",
 		"rope_scaling": map[string]any{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
 	}
 	b, _ := json.Marshal(cfg)
@@ -107,6 +115,14 @@ func TestExportSyntheticUntied(t *testing.T) {
 		if !ok || ti.Type != want {
 			t.Fatalf("%s: present %v, type %s, want %s (report %+v)", name, ok, ti.Type, want, rep)
 		}
+	}
+	for k, want := range map[string]Value{"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.bos_token_id": uint32(510), "tokenizer.ggml.eos_token_id": uint32(511), "tokenizer.chat_template": "{{ messages }}"} {
+		if got, _ := f.Get(k); got != want {
+			t.Errorf("%s = %v, want %v", k, got, want)
+		}
+	}
+	if m, _ := f.Get("tokenizer.ggml.merges"); len(m.([]string)) != 20 {
+		t.Errorf("merges %v", m)
 	}
 	rf, _ := f.Float32("rope_freqs.weight")
 	if len(rf) != cfg.HeadDim/2 {
