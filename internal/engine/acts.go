@@ -11,7 +11,7 @@ type layerActs struct {
 	q    backend.Buffer    // (N, NH·D) queries after RoPE
 	k    backend.Buffer    // (N, NKV·D) keys after RoPE
 	v    backend.Buffer    // (N, NKV·D) values
-	att  backend.Buffer    // (B, NH, T, T) attention probabilities
+	att  backend.Buffer    // (B, NH, T, T) attention probabilities, or (B, NH, T) their logsumexp with flash attention
 	a    backend.Buffer    // (N, NH·D) attention output, o_proj's input
 	x2   backend.Buffer    // (N, C) residual after the attention block
 	h2   backend.Buffer    // (N, C) post_attention_layernorm output
@@ -81,7 +81,11 @@ func (e *Engine) newActs(B, T int, ckpt bool, alloc func(n int) backend.Buffer) 
 			la.qpre, la.kpre = get(N*Q), get(N*KV)
 		}
 		la.q, la.k, la.v = get(N*Q), get(N*KV), get(N*KV)
-		la.att = get(B * NH * T * T)
+		if e.fa != nil {
+			la.att = get(B * NH * T) // the logsumexp of every attention row
+		} else {
+			la.att = get(B * NH * T * T)
+		}
 		la.a = get(N * Q)
 		la.x2, la.h2 = get(N*C), get(N*C)
 		la.g, la.up, la.mm = get(N*F), get(N*F), get(N*F)

@@ -109,6 +109,7 @@ type Engine struct {
 	m   *model.Model
 	cfg *model.Config
 	be  backend.Trainer
+	fa  backend.FlashAttention // the backend's tiled attention when it takes the head dim, else nil
 	opt Options
 	ad  *lora.Adapter // nil for "full"
 	r   int           // LoRA rank (0 for "full")
@@ -143,6 +144,9 @@ func New(m *model.Model, a *lora.Adapter, opt Options) (*Engine, error) {
 	}
 	cfg := m.Config()
 	e := &Engine{m: m, cfg: cfg, be: tr, opt: opt, blocks: make([]block, cfg.NumHiddenLayers)}
+	if fa, ok := tr.(backend.FlashAttention); ok && fa.FlashAttentionFits(cfg.HeadDim) {
+		e.fa = fa // attention keeps the logsumexp (B, NH, T), not the probabilities (B, NH, T, T)
+	}
 	switch opt.Method {
 	case MethodLoRA:
 		if a == nil || len(a.Pairs) == 0 {

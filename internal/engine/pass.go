@@ -204,9 +204,13 @@ func (e *Engine) blockForward(l int, b *Batch, pos []int, train bool) error {
 	}
 	be.RoPEForwardPos(la.q, e.invFreq, pos, N, NH, D)
 	be.RoPEForwardPos(la.k, e.invFreq, pos, N, NKV, D)
-	be.AttentionTrainForward(la.a, la.att, la.q, la.k, la.v, b.Segments, b.B, b.T, NH, NKV, D) // a (N, NH·D)
-	lin(a.out, la.a, linO)                                                                     // out (N, C)
-	be.AddForward(la.x2, x, a.out, N*C)                                                        // x2 (N, C)
+	if e.fa != nil {
+		e.fa.AttentionTrainForwardLSE(la.a, la.att, la.q, la.k, la.v, b.Segments, b.B, b.T, NH, NKV, D) // a (N, NH·D)
+	} else {
+		be.AttentionTrainForward(la.a, la.att, la.q, la.k, la.v, b.Segments, b.B, b.T, NH, NKV, D) // a (N, NH·D)
+	}
+	lin(a.out, la.a, linO)              // out (N, C)
+	be.AddForward(la.x2, x, a.out, N*C) // x2 (N, C)
 
 	// MLP: xs[l+1] = x2 + down_proj(silu(gate_proj(h2))·up_proj(h2)) of h2 = norm(x2).
 	be.RMSNormForward(la.h2, la.x2, bl.mlpNorm, N, C, eps) // h2 (N, C)
@@ -253,7 +257,11 @@ func (e *Engine) blockBackward(l int, b *Batch, pos []int) error {
 	be.Zero(a.dq, N*Q)
 	be.Zero(a.dk, N*KV)
 	be.Zero(a.dv, N*KV)
-	be.AttentionBackward(a.dq, a.dk, a.dv, a.da, la.att, la.q, la.k, la.v, b.Segments, b.B, b.T, NH, NKV, D)
+	if e.fa != nil {
+		e.fa.AttentionBackwardLSE(a.dq, a.dk, a.dv, a.da, la.a, la.att, la.q, la.k, la.v, b.Segments, b.B, b.T, NH, NKV, D)
+	} else {
+		be.AttentionBackward(a.dq, a.dk, a.dv, a.da, la.att, la.q, la.k, la.v, b.Segments, b.B, b.T, NH, NKV, D)
+	}
 	be.RoPEBackwardPos(a.dq, e.invFreq, pos, N, NH, D) // dq (N, NH·D) = ∂L/∂(normed q)
 	be.RoPEBackwardPos(a.dk, e.invFreq, pos, N, NKV, D)
 	dq, dk := a.dq, a.dk

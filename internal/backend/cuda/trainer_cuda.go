@@ -261,3 +261,84 @@ func (be *Backend) EmbeddingBackward(dtable, dout backend.Buffer, tokens []int, 
 	be.fail(be.ctx.Launch("embedding_backward", (C+255)/256, 256, 0, dt.p, do.p, ids, int32(N), int32(C)))
 	be.fail(be.ctx.Free(ids))
 }
+
+// Flash-style attention (kernels/flash.cu): tiles of 32 keys with an online softmax, only the
+// per-row logsumexp saved, the scores recomputed tile by tile in the backward.
+
+var _ backend.FlashAttention = (*Backend)(nil)
+
+// flashMaxD is the largest head dimension the flash kernels take (FA_DMAX in flash.cu).
+const flashMaxD = 128
+
+// The rows per block of each flash kernel (FWD_BQ, DQ_BQ, KV_BK in flash.cu); each runs with
+// flashThreads threads.
+const (
+	flashFwdRows = 16
+	flashDQRows  = 8
+	flashKVRows  = 8
+	flashThreads = 128
+)
+
+// FlashAttentionFits reports whether the flash kernels take head dimension D.
+func (be *Backend) FlashAttentionFits(D int) bool { return D > 0 && D <= flashMaxD }
+
+func flashCheck(op string, D int) {
+	if D <= 0 || D > flashMaxD {
+		panic(fmt.Sprintf("cuda: %s: head dimension %d, the flash kernels take 1..%d (see FlashAttentionFits)", op, D, flashMaxD))
+	}
+}
+
+// flashGrid is the grid of a flash kernel: a block per (batch, head) and tile of rows.
+func flashGrid(B, heads, T, rows int) int { return B * heads * ((T + rows - 1) / rows) }
+
+// AttentionTrainForwardLSE: causal, segment-masked GQA saving the logsumexp (B, NH, T).
+func (be *Backend) AttentionTrainForwardLSE(out, lse, q, k, v backend.Buffer, seg []int, B, T, NH, NKV, D int) {
+	op := "AttentionTrainForwardLSE"
+	o, ls, qs, ks, vs := buf(out), buf(lse), buf(q), buf(k), buf(v)
+	need(op, "out", o, B*T*NH*D)
+	need(op, "lse", ls, B*NH*T)
+	need(op, "q", qs, B*T*NH*D)
+	need(op, "k", ks, B*T*NKV*D)
+	need(op, "v", vs, B*T*NKV*D)
+	flashCheck(op, D)
+	sp := be.segs(op, seg, B, T, NH, NKV)
+	if B*NH*T > 0 {
+		be.fail(be.ctx.Launch("flash_attention_forward", flashGrid(B, NH, T, flashFwdRows), flashThreads, 0, o.p, ls.p, qs.p, ks.p, vs.p, sp,
+			int32(B), int32(T), int32(NH), int32(NKV), int32(D)))
+	}
+	if sp != 0 {
+		be.fail(be.ctx.Free(sp))
+	}
+}
+
+// AttentionBackwardLSE: dq, dk, dv += the gradients (nil skipped), recomputed from q, k and lse.
+func (be *Backend) AttentionBackwardLSE(dq, dk, dv, dout, out, lse, q, k, v backend.Buffer, seg []int, B, T, NH, NKV, D int) {
+	op := "AttentionBackwardLSE"
+	dos, ob, ls, qs, ks, vs := buf(dout), buf(out), buf(lse), buf(q), buf(k), buf(v)
+	need(op, "dout", dos, B*T*NH*D)
+	need(op, "out", ob, B*T*NH*D)
+	need(op, "lse", ls, B*NH*T)
+	need(op, "q", qs, B*T*NH*D)
+	need(op, "k", ks, B*T*NKV*D)
+	need(op, "v", vs, B*T*NKV*D)
+	pdq, pdk, pdv := opt(op, "dq", dq, B*T*NH*D), opt(op, "dk", dk, B*T*NKV*D), opt(op, "dv", dv, B*T*NKV*D)
+	flashCheck(op, D)
+	sp := be.segs(op, seg, B, T, NH, NKV)
+	if B*NH*T > 0 && (pdq != 0 || pdk != 0 || pdv != 0) {
+		di, err := be.ctx.Alloc(4 * B * NH * T) // (B, NH, T) Σ_d dout·out of every row
+		if err != nil {
+			be.fail(err)
+		} else {
+			be.fail(be.ctx.Launch("flash_attention_backward_q", flashGrid(B, NH, T, flashDQRows), flashThreads, 0, pdq, di, dos.p, ob.p, ls.p,
+				qs.p, ks.p, vs.p, sp, int32(B), int32(T), int32(NH), int32(NKV), int32(D)))
+			if pdk != 0 || pdv != 0 {
+				be.fail(be.ctx.Launch("flash_attention_backward_kv", flashGrid(B, NKV, T, flashKVRows), flashThreads, 0, pdk, pdv, dos.p, ls.p, di,
+					qs.p, ks.p, vs.p, sp, int32(B), int32(T), int32(NH), int32(NKV), int32(D)))
+			}
+			be.fail(be.ctx.Free(di))
+		}
+	}
+	if sp != 0 {
+		be.fail(be.ctx.Free(sp))
+	}
+}
