@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/loractl/loractl/internal/backend"
+	"github.com/loractl/loractl/internal/backend/backendtest"
 	"github.com/loractl/loractl/internal/backend/cpu"
 	"github.com/loractl/loractl/internal/lora"
 	"github.com/loractl/loractl/internal/model"
@@ -175,4 +176,11 @@ func TestFlashAttentionPath(t *testing.T) {
 				res[0].plan.Activations, res[1].plan.Activations)
 		})
 	}
+}
+
+// TestFlashConformance runs the backend conformance suite on the stand-in, which exercises the
+// suite's FlashAttention checks (finite differences of AttentionBackwardLSE) without a GPU and
+// shows the stand-in itself is right.
+func TestFlashConformance(t *testing.T) {
+	backendtest.Run(t, func() backend.Backend { return &flashCPU{Backend: cpu.New()} })
 }

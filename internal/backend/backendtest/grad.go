@@ -263,6 +263,24 @@ func runTrain(t *testing.T, newBackend func() backend.Backend, rep *report) {
 			checkGrad(t, rep, "AttentionBackward dq", shape, g[0], numGrad(loss, Q, fdEps))
 			checkGrad(t, rep, "AttentionBackward dk", shape, g[1], numGrad(loss, K, fdEps))
 			checkGrad(t, rep, "AttentionBackward dv", shape, g[2], numGrad(loss, Vv, fdEps))
+
+			// The flash capability, where the backend has it: the same output, the logsumexp of
+			// every row, and the same gradients from out and lse alone.
+			fa, ok := be.(backend.FlashAttention)
+			if !ok || !fa.FlashAttentionFits(D) {
+				return
+			}
+			out2 := upload(t, be, poison(B*T*NH*D))
+			lse := upload(t, be, poison(B*NH*T))
+			fa.AttentionTrainForwardLSE(out2, lse, qb, kb, vb, tc.seg, B, T, NH, NKV, D)
+			checkClose(t, rep, "AttentionTrainForwardLSE out", shape, download(t, be, out2), wantOut, 1e-5, 1e-4)
+			checkClose(t, rep, "AttentionTrainForwardLSE lse", shape, download(t, be, lse), refLSE(Q, K, B, T, NH, NKV, D, vis), 1e-5, 1e-5)
+			gf := accumulated(t, be, r, "AttentionBackwardLSE", []int{B * T * NH * D, B * T * NKV * D, B * T * NKV * D}, func(gr []backend.Buffer) {
+				fa.AttentionBackwardLSE(gr[0], gr[1], gr[2], doutb, out2, lse, qb, kb, vb, tc.seg, B, T, NH, NKV, D)
+			})
+			checkGrad(t, rep, "AttentionBackwardLSE dq", shape, gf[0], numGrad(loss, Q, fdEps))
+			checkGrad(t, rep, "AttentionBackwardLSE dk", shape, gf[1], numGrad(loss, K, fdEps))
+			checkGrad(t, rep, "AttentionBackwardLSE dv", shape, gf[2], numGrad(loss, Vv, fdEps))
 		})
 	}
 

@@ -121,6 +121,39 @@ func refAttention(q, k, v []float64, B, Tq, S, NH, NKV, D int, visible func(b, t
 	return out, att
 }
 
+// refLSE returns the logsumexp (B, NH, T) of the scaled scores of every row of training
+// attention (queries and keys of the same T tokens) over the keys visible(b, t, s).
+func refLSE(q, k []float64, B, T, NH, NKV, D int, visible func(b, t, s int) bool) []float64 {
+	lse := make([]float64, B*NH*T) // (B, NH, T)
+	scale := 1 / math.Sqrt(float64(D))
+	for b := 0; b < B; b++ {
+		for h := 0; h < NH; h++ {
+			kh := h / (NH / NKV)
+			for t := 0; t < T; t++ {
+				var sc []float64
+				m := math.Inf(-1)
+				for s := 0; s < T; s++ {
+					if !visible(b, t, s) {
+						continue
+					}
+					dot := 0.0
+					for d := 0; d < D; d++ {
+						dot += q[(b*T+t)*NH*D+h*D+d] * k[(b*T+s)*NKV*D+kh*D+d]
+					}
+					sc = append(sc, dot*scale)
+					m = max(m, dot*scale)
+				}
+				sum := 0.0
+				for _, x := range sc {
+					sum += math.Exp(x - m)
+				}
+				lse[(b*NH+h)*T+t] = m + math.Log(sum)
+			}
+		}
+	}
+	return lse
+}
+
 // segVisible returns the mask of training attention: causal, and within one segment when seg
 // (B·T) is not nil.
 func segVisible(seg []int, T int) func(b, t, s int) bool {
