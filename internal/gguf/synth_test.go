@@ -336,3 +336,36 @@ func TestSentencepieceVocab(t *testing.T) {
 		t.Fatalf("bos %d eos %d unk %d add_bos %v", v.BOS, v.EOS, v.UNK, v.AddBOS)
 	}
 }
+
+// TestBPEMergePairs checks merges given as pairs (tokenizers >= 0.20), including a part with a
+// space, which gguf-py writes as U+0120.
+func TestBPEMergePairs(t *testing.T) {
+	rng := newRNG(t)
+	dir := t.TempDir()
+	n := 8 + rng.IntN(20)
+	vocab := map[string]int{"a b": 0, "c": 1}
+	for i := 2; i < n; i++ {
+		vocab[fmt.Sprintf("w%d", i)] = i
+	}
+	pairs := [][2]string{{"a b", "c"}}
+	for i := 0; i < 1+rng.IntN(5); i++ {
+		pairs = append(pairs, [2]string{fmt.Sprintf("w%d", 2+rng.IntN(n-2)), fmt.Sprintf("w%d", 2+rng.IntN(n-2))})
+	}
+	tj, _ := json.Marshal(map[string]any{
+		"pre_tokenizer": map[string]any{"type": "ByteLevel"},
+		"model":         map[string]any{"type": "BPE", "vocab": vocab, "merges": pairs},
+	})
+	os.WriteFile(filepath.Join(dir, "tokenizer.json"), tj, 0o644)
+	v, err := LoadVocab(dir, &model.Config{VocabSize: n, BOSTokenID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Merges) != len(pairs) || v.Merges[0] != "a\u0120b c" {
+		t.Fatalf("merges %q", v.Merges)
+	}
+	for i, p := range pairs[1:] {
+		if v.Merges[i+1] != p[0]+" "+p[1] {
+			t.Fatalf("merge %d: %q, want %q", i+1, v.Merges[i+1], p[0]+" "+p[1])
+		}
+	}
+}

@@ -388,8 +388,11 @@ func bpeVocab(path string, tc *tokenizerConfig, vocabSize int) (*Vocab, error) {
 		if err := json.Unmarshal(t.Model.Merges, &pairs); err != nil {
 			return nil, fmt.Errorf("%s: model.merges is neither a list of strings nor of pairs", path)
 		}
+		// A space inside a part is written as U+0120, as gguf-py does, so that the single
+		// space of "left right" stays the separator.
+		sp := strings.NewReplacer(" ", "\u0120")
 		for _, p := range pairs {
-			ms = append(ms, p[0]+" "+p[1])
+			ms = append(ms, sp.Replace(p[0])+" "+sp.Replace(p[1]))
 		}
 	}
 	v.Merges = ms
