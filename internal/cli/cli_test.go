@@ -85,15 +85,6 @@ func TestUsageErrorsExit2(t *testing.T) {
 	}
 }
 
-func TestUnimplementedCommandsSaySo(t *testing.T) {
-	for _, cmd := range []string{"eval"} {
-		code, _, errs := run(t, "", cmd, "--config", "x.yaml")
-		if code != 1 || !strings.Contains(errs, "not implemented yet") {
-			t.Errorf("%s: exit %d, stderr %q; want exit 1 and a plain 'not implemented yet'", cmd, code, errs)
-		}
-	}
-}
-
 // TestBadInput checks that each broken input gives one line on stderr that names the file and
 // the problem, exit code 1, and no panic.
 func TestBadInput(t *testing.T) {
