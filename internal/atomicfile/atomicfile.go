@@ -4,8 +4,10 @@
 package atomicfile
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -13,7 +15,17 @@ import (
 
 // Write writes data to path atomically with mode 0644. On error path is untouched and the
 // temporary file is removed; the error names path, and says so when the disk is full.
-func Write(path string, data []byte) (err error) {
+func Write(path string, data []byte) error {
+	return WriteFunc(path, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+}
+
+// WriteFunc is Write for data that body streams: body writes the file's contents to w (a
+// buffered writer over the temporary file, flushed before the sync). On any error, body's
+// included, path is untouched and the temporary file is removed.
+func WriteFunc(path string, body func(w io.Writer) error) (err error) {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
@@ -28,11 +40,15 @@ func Write(path string, data []byte) (err error) {
 			f.Close()
 			os.Remove(tmp)
 			if errors.Is(err, syscall.ENOSPC) {
-				err = fmt.Errorf("%w (the disk is full; free space and run again)", err)
+				err = fmt.Errorf("%w (the disk is full; free space and run again; no partial file was left)", err)
 			}
 		}
 	}()
-	if _, err = f.Write(data); err != nil {
+	w := bufio.NewWriterSize(f, 1<<20)
+	if err = body(w); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = w.Flush(); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err = f.Chmod(0o644); err != nil {

@@ -3,13 +3,11 @@ package gguf
 import (
 	"bufio"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"math"
 	"os"
 	"path/filepath"
-	"syscall"
 
 	"github.com/loractl/loractl/internal/atomicfile"
 )
@@ -43,7 +41,11 @@ func Write(w io.Writer, kv []KV, tensors []Tensor) error {
 			align = uint64(a)
 		}
 	}
-	bw := &countingWriter{w: bufio.NewWriterSize(w, 1<<20)}
+	buf, ok := w.(*bufio.Writer) // WriteFile's writer is already buffered
+	if !ok {
+		buf = bufio.NewWriterSize(w, 1<<20)
+	}
+	bw := &countingWriter{w: buf}
 	bw.raw([]byte(Magic))
 	bw.u32(Version)
 	bw.u64(uint64(len(tensors)))
@@ -100,7 +102,7 @@ func Write(w io.Writer, kv []KV, tensors []Tensor) error {
 	if bw.err != nil {
 		return bw.err
 	}
-	return bw.w.(*bufio.Writer).Flush()
+	return buf.Flush()
 }
 
 // countingWriter writes little-endian fields and keeps the first error.
@@ -271,7 +273,7 @@ var tempWrapper func(io.Writer) io.Writer
 // WriteFile writes a GGUF file to path atomically: into a temporary file in the same folder,
 // which is synced and renamed over path. On any error the temporary file is removed and path
 // is left as it was. An existing path is refused unless overwrite is set.
-func WriteFile(path string, overwrite bool, kv []KV, tensors []Tensor) (err error) {
+func WriteFile(path string, overwrite bool, kv []KV, tensors []Tensor) error {
 	if st, err := os.Stat(path); err == nil {
 		if st.IsDir() {
 			return fmt.Errorf("%s is a folder; --out must name a .gguf file", path)
@@ -280,46 +282,14 @@ func WriteFile(path string, overwrite bool, kv []KV, tensors []Tensor) (err erro
 			return fmt.Errorf("%s already exists; pass --overwrite to replace it, or choose another --out", path)
 		}
 	}
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
+	dir := filepath.Dir(path)
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return fmt.Errorf("write %s: the folder %s does not exist; create it first", path, dir)
 	}
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-			if errors.Is(err, syscall.ENOSPC) {
-				err = fmt.Errorf("%w (the disk is full; free space and run again; no partial %s was left)", err, path)
-			}
+	return atomicfile.WriteFunc(path, func(w io.Writer) error {
+		if tempWrapper != nil {
+			w = tempWrapper(w)
 		}
-	}()
-	var w io.Writer = f
-	if tempWrapper != nil {
-		w = tempWrapper(f)
-	}
-	if err = Write(w, kv, tensors); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = f.Chmod(0o644); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("write %s: fsync: %w", path, err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	atomicfile.SyncDir(dir)
-	return nil
+		return Write(w, kv, tensors)
+	})
 }

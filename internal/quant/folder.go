@@ -1,7 +1,6 @@
 package quant
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"syscall"
 
 	"github.com/loractl/loractl/internal/atomicfile"
 	"github.com/loractl/loractl/internal/safetensors"
@@ -424,49 +422,12 @@ func copyAux(src, out string) error {
 	return nil
 }
 
-// writeStreaming writes header and then whatever body writes to path through a temporary file
-// in the same folder that is synced and renamed into place; on error it is removed.
-func writeStreaming(path string, header []byte, body func(io.Writer) error) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-			if errors.Is(err, syscall.ENOSPC) {
-				err = fmt.Errorf("%w (the disk is full; free space and run again; no partial file was left)", err)
-			}
+// writeStreaming writes header and then whatever body writes to path, atomically.
+func writeStreaming(path string, header []byte, body func(io.Writer) error) error {
+	return atomicfile.WriteFunc(path, func(w io.Writer) error {
+		if _, err := w.Write(header); err != nil {
+			return err
 		}
-	}()
-	w := bufio.NewWriterSize(f, 1<<20)
-	if _, err = w.Write(header); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = body(w); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = w.Flush(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = f.Chmod(0o644); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("write %s: fsync: %w", path, err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	atomicfile.SyncDir(dir)
-	return nil
+		return body(w)
+	})
 }
