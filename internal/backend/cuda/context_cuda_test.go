@@ -215,4 +215,3 @@ func TestContextChild(t *testing.T) {
 		t.Error("Alloc after Close succeeded")
 	}
 }
-
