@@ -32,36 +32,13 @@ var DynamicMap = func() [256]float32 {
 }()
 
 // dynMid holds the midpoints between consecutive DynamicMap values (nearest-code search).
-var dynMid = func() [255]float32 {
-	var m [255]float32
-	for i := range m {
-		m[i] = (DynamicMap[i] + DynamicMap[i+1]) / 2
-	}
-	return m
-}()
+var dynMid = midpoints(DynamicMap[:])
 
 // DynamicMaxHalfGap is the largest half-distance between consecutive DynamicMap values.
-var DynamicMaxHalfGap = func() float32 {
-	var g float32
-	for i := 0; i < 255; i++ {
-		g = max(g, (DynamicMap[i+1]-DynamicMap[i])/2)
-	}
-	return g
-}()
+var DynamicMaxHalfGap = maxHalfGap(DynamicMap[:])
 
 // dynIndex returns the nearest DynamicMap code of x in [-1, 1] (ties to the lower code).
-func dynIndex(x float32) uint8 {
-	lo, hi := 0, 255
-	for lo < hi {
-		mid := (lo + hi) / 2
-		if x > dynMid[mid] {
-			lo = mid + 1
-		} else {
-			hi = mid
-		}
-	}
-	return uint8(lo)
-}
+func dynIndex(x float32) uint8 { return uint8(nearestCode(dynMid, x)) }
 
 // doubleQuantize quantizes the absmax values as QLoRA does: subtract their mean, then
 // blockwise (DQBlock values) absmax quantization of the centred values to 8-bit DynamicMap codes

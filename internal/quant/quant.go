@@ -164,37 +164,46 @@ var NF4Code = [16]float32{
 // nf4Mid holds the midpoints between consecutive NF4 codes: a normalised value x gets the
 // code k = #{i : x > nf4Mid[i]}, the nearest code with ties going to the lower one, which is
 // what bitsandbytes' comparison tree (x > midpoint ? upper : lower) computes.
-var nf4Mid = func() [15]float32 {
-	var m [15]float32
-	for i := range m {
-		m[i] = (NF4Code[i] + NF4Code[i+1]) / 2
-	}
-	return m
-}()
+var nf4Mid = midpoints(NF4Code[:])
 
 // NF4MaxHalfGap is the largest half-distance between two consecutive NF4 codes (between −1
 // and −0.6961928, about 0.152): the bound on |x/absmax − code| of NF4 rounding.
-var NF4MaxHalfGap = func() float32 {
-	var g float32
-	for i := 0; i < 15; i++ {
-		g = max(g, (NF4Code[i+1]-NF4Code[i])/2)
-	}
-	return g
-}()
+var NF4MaxHalfGap = maxHalfGap(NF4Code[:])
 
 // nf4Index returns the NF4 code of a normalised value x in [-1, 1].
-func nf4Index(x float32) byte {
-	// Binary search over the 15 midpoints: the number of midpoints strictly below x.
-	lo, hi := 0, 15
+func nf4Index(x float32) byte { return byte(nearestCode(nf4Mid, x)) }
+
+// midpoints returns the midpoints between consecutive values of an increasing code table.
+func midpoints(codes []float32) []float32 {
+	m := make([]float32, len(codes)-1)
+	for i := range m {
+		m[i] = (codes[i] + codes[i+1]) / 2
+	}
+	return m
+}
+
+// maxHalfGap returns the largest half-distance between consecutive values of a code table.
+func maxHalfGap(codes []float32) float32 {
+	var g float32
+	for i := 0; i+1 < len(codes); i++ {
+		g = max(g, (codes[i+1]-codes[i])/2)
+	}
+	return g
+}
+
+// nearestCode returns the index of the code nearest to x, ties to the lower one: the number
+// of midpoints strictly below x (binary search).
+func nearestCode(mid []float32, x float32) int {
+	lo, hi := 0, len(mid)
 	for lo < hi {
-		mid := (lo + hi) / 2
-		if x > nf4Mid[mid] {
-			lo = mid + 1
+		m := (lo + hi) / 2
+		if x > mid[m] {
+			lo = m + 1
 		} else {
-			hi = mid
+			hi = m
 		}
 	}
-	return byte(lo)
+	return lo
 }
 
 // NonFiniteError reports a weight that is NaN or infinite.
