@@ -11,8 +11,22 @@ import (
 	"github.com/loractl/loractl/internal/backend"
 	"github.com/loractl/loractl/internal/backend/cpu/gemm"
 	"github.com/loractl/loractl/internal/backend/cpu/vec"
+	"github.com/loractl/loractl/internal/config"
 	"github.com/loractl/loractl/internal/device"
+	"github.com/spf13/cobra"
 )
+
+// resolved returns a command's RunE: it resolves the options (flags over the environment over
+// the --config file, see config.Resolve) into a T and calls run with them.
+func resolved[T any](s *streams, cfgFile *string, run func(*streams, *T) error) func(*cobra.Command, []string) error {
+	return func(c *cobra.Command, _ []string) error {
+		var o T
+		if err := config.Resolve(c.Flags(), *cfgFile, &o); err != nil {
+			return err
+		}
+		return run(s, &o)
+	}
+}
 
 // TestdataEnv names the environment variable that points at the shared reference folder.
 const TestdataEnv = "LORACTL_TESTDATA"

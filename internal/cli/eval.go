@@ -9,7 +9,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/loractl/loractl/internal/config"
 	"github.com/loractl/loractl/internal/data"
 	"github.com/loractl/loractl/internal/eval"
 	"github.com/loractl/loractl/internal/metrics"
@@ -60,13 +59,7 @@ not grow with its size. A progress bar is drawn on stderr when it is a terminal 
   loractl eval --model ./stories260K --data moby-dick.jsonl --seq-len 256 --json
   loractl eval --model ./base --adapter run1 --adapter run2 --data eval.jsonl --max-examples 500`,
 		Args: usageArgs(0, 0, "no arguments (the data file goes in --data)"),
-		RunE: func(c *cobra.Command, _ []string) error {
-			var o evalOptions
-			if err := config.Resolve(c.Flags(), cfgFile, &o); err != nil {
-				return err
-			}
-			return runEval(s, &o)
-		},
+		RunE: resolved(s, &cfgFile, runEval),
 	}
 	f := c.Flags()
 	f.StringVar(&cfgFile, "config", "", "YAML file with eval options (flags override it)")

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/loractl/loractl/internal/config"
 	"github.com/loractl/loractl/internal/gguf"
 	"github.com/spf13/cobra"
 )
@@ -38,13 +37,7 @@ one written by 'loractl quantize --format gguf-f16'.`,
 		Example: `  loractl export --adapter out/run1 --format gguf-lora --out run1-lora.gguf --base ./stories260K
   llama-cli -m stories260K-f16.gguf --lora run1-lora.gguf -p "Once upon a time"`,
 		Args: usageArgs(0, 0, "no arguments (use --adapter and --out)"),
-		RunE: func(c *cobra.Command, _ []string) error {
-			var o exportOptions
-			if err := config.Resolve(c.Flags(), cfgFile, &o); err != nil {
-				return err
-			}
-			return runExport(s, &o)
-		},
+		RunE: resolved(s, &cfgFile, runExport),
 	}
 	f := c.Flags()
 	f.StringVar(&cfgFile, "config", "", "YAML file with export options (flags override it)")

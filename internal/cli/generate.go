@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/loractl/loractl/internal/config"
 	"github.com/loractl/loractl/internal/lora"
 	"github.com/loractl/loractl/internal/model"
 	"github.com/loractl/loractl/internal/tokenizer"
@@ -45,13 +44,7 @@ $LORACTL_TESTDATA (models/stories260K).`,
 		Example: `  loractl generate --model ./stories260K --prompt "Once upon a time" -n 64
   loractl generate --model ./stories260K --prompt "Lily" --temperature 0.8 --top-k 40 --top-p 0.95 --seed 1`,
 		Args: usageArgs(0, 0, "no arguments (the prompt goes in --prompt)"),
-		RunE: func(c *cobra.Command, _ []string) error {
-			var o generateOptions
-			if err := config.Resolve(c.Flags(), cfgFile, &o); err != nil {
-				return err
-			}
-			return runGenerate(s, &o)
-		},
+		RunE: resolved(s, &cfgFile, runGenerate),
 	}
 	f := c.Flags()
 	f.StringVar(&cfgFile, "config", "", "YAML file with generate options (flags override it)")

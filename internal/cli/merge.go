@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/loractl/loractl/internal/config"
 	"github.com/loractl/loractl/internal/merge"
 	"github.com/spf13/cobra"
 )
@@ -73,13 +72,7 @@ an adapter or in the base are an error naming the tensor and file. See docs/MERG
   loractl merge --base ./base --adapter a:0.7 --adapter b:0.3 --method ties --density 0.5 --out merged
   loractl merge --base ./base --adapter a --adapter b --method svd --rank 16 --dtype bf16 --out merged`,
 		Args: usageArgs(0, 0, "no arguments (use --base, --adapter and --out)"),
-		RunE: func(c *cobra.Command, _ []string) error {
-			var o mergeOptions
-			if err := config.Resolve(c.Flags(), cfgFile, &o); err != nil {
-				return err
-			}
-			return runMerge(s, &o)
-		},
+		RunE: resolved(s, &cfgFile, runMerge),
 	}
 	f := c.Flags()
 	f.StringVar(&cfgFile, "config", "", "YAML file with merge options (flags override it)")

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/loractl/loractl/internal/config"
 	"github.com/loractl/loractl/internal/quant"
 	"github.com/spf13/cobra"
 )
@@ -40,13 +39,7 @@ loractl generate, eval, merge and train load such a folder directly.
   loractl quantize --model ./stories260K --out ./stories260K-int8 --format int8 --group-size 128
   loractl quantize --model ./stories260K --out stories260K-q8_0.gguf --format gguf-q8_0`,
 		Args: usageArgs(0, 0, "no arguments (use --model and --out)"),
-		RunE: func(c *cobra.Command, _ []string) error {
-			var o quantizeOptions
-			if err := config.Resolve(c.Flags(), cfgFile, &o); err != nil {
-				return err
-			}
-			return runQuantize(s, &o)
-		},
+		RunE: resolved(s, &cfgFile, runQuantize),
 	}
 	f := c.Flags()
 	f.StringVar(&cfgFile, "config", "", "YAML file with quantize options (flags override it)")
