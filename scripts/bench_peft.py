@@ -27,18 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from bench_torch import flops_per_token, make_batch  # noqa: E402
-
-SHAPES = {
-    "stories15m": dict(dim=288, layers=6, heads=6, kv=6, ffn=768, vocab=32000),
-    "smollm135m": dict(dim=576, layers=30, heads=9, kv=3, ffn=1536, vocab=49152),
-    "llama1b": dict(dim=2048, layers=16, heads=32, kv=8, ffn=8192, vocab=128256),
-}
-
-
-def s_layers(shape):
-    return SHAPES[shape]["layers"]
-
+from bench_torch import SHAPES, flops_per_token, make_batch  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,7 +62,7 @@ def main():
     mods = [(m.base_layer.in_features, m.base_layer.out_features) for n, m in model.named_modules()
             if n.endswith(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
             and hasattr(m, "base_layer")]
-    if len(mods) != 7 * s_layers(a.shape):
+    if len(mods) != 7 * s["layers"]:
         sys.exit(f"bench_peft: PEFT adapted {len(mods)} Linears, want 7 per block")
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)

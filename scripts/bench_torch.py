@@ -26,6 +26,7 @@ import torch.nn.functional as F
 SHAPES = {
     "stories15m": dict(dim=288, layers=6, heads=6, kv=6, ffn=768, vocab=32000),
     "smollm135m": dict(dim=576, layers=30, heads=9, kv=3, ffn=1536, vocab=49152),
+    "llama1b": dict(dim=2048, layers=16, heads=32, kv=8, ffn=8192, vocab=128256),  # Llama-3.2-1B
 }
 EPS = 1e-5
 ROPE_THETA = 10000.0
