@@ -466,6 +466,18 @@ func checkAttentionTrainForward(t *testing.T) {
 	}
 }
 
+// cpuAttentionGrads runs the CPU backend's training attention forward and backward for shape s:
+// the probabilities P (B, NH, T, T), and dq0, dk0, dv0 with the gradients added.
+func cpuAttentionGrads(s attnShape, q, k, v, do, dq0, dk0, dv0 []float32) (P, dq, dk, dv []float32) {
+	B, T, NH, NKV, D := s.B, s.T, s.NH, s.NKV, s.D
+	h := newHost()
+	o, att := h.be.Alloc(len(q)), h.be.Alloc(B*NH*T*T)
+	h.be.AttentionTrainForward(o, att, h.up(q), h.up(k), h.up(v), s.seg, B, T, NH, NKV, D)
+	dqc, dkc, dvc := h.up(dq0), h.up(dk0), h.up(dv0)
+	h.be.AttentionBackward(dqc, dkc, dvc, h.up(do), att, h.up(q), h.up(k), h.up(v), s.seg, B, T, NH, NKV, D)
+	return h.down(att), h.down(dqc), h.down(dkc), h.down(dvc)
+}
+
 func checkAttentionBackward(t *testing.T) {
 	r := rand.New(rand.NewPCG(17, 17))
 	for _, s := range attnShapes(r) {
@@ -473,18 +485,13 @@ func checkAttentionBackward(t *testing.T) {
 		nq, nk := B*T*NH*D, B*T*NKV*D
 		q, k, v, do := randv(r, nq, 1), randv(r, nk, 1), randv(r, nk, 1), randv(r, nq, 1)
 		dq0, dk0, dv0 := randv(r, nq, 1), randv(r, nk, 1), randv(r, nk, 1)
-		h := newHost()
-		o, att := h.be.Alloc(nq), h.be.Alloc(B*NH*T*T)
-		h.be.AttentionTrainForward(o, att, h.up(q), h.up(k), h.up(v), s.seg, B, T, NH, NKV, D)
-		dqc, dkc, dvc := h.up(dq0), h.up(dk0), h.up(dv0)
-		h.be.AttentionBackward(dqc, dkc, dvc, h.up(do), att, h.up(q), h.up(k), h.up(v), s.seg, B, T, NH, NKV, D)
-		P := h.down(att)
+		P, dqc, dkc, dvc := cpuAttentionGrads(s, q, k, v, do, dq0, dk0, dv0)
 		dims := []arg{i32(B), i32(T), i32(NH), i32(NKV), i32(D)}
 		resQ := launch(t, "attention_backward_q", B*NH*T, 128, append([]arg{inout(dq0), out(B * NH * T * T), in(do), in(P), in(k), in(v)}, dims...)...)
-		closeTo(t, "attention_backward_q dq", resQ.f32(0), h.down(dqc), 1e-5)
+		closeTo(t, "attention_backward_q dq", resQ.f32(0), dqc, 1e-5)
 		resKV := launch(t, "attention_backward_kv", B*NKV*T, 64, append([]arg{inout(dk0), inout(dv0), in(resQ.f32(1)), in(P), in(q), in(do)}, dims...)...)
-		closeTo(t, "attention_backward_kv dk", resKV.f32(0), h.down(dkc), 1e-5)
-		closeTo(t, "attention_backward_kv dv", resKV.f32(1), h.down(dvc), 1e-5)
+		closeTo(t, "attention_backward_kv dk", resKV.f32(0), dkc, 1e-5)
+		closeTo(t, "attention_backward_kv dv", resKV.f32(1), dvc, 1e-5)
 	}
 }
 
@@ -581,17 +588,13 @@ func checkFlashBackward(t *testing.T) {
 		nq, nk := B*T*NH*D, B*T*NKV*D
 		q, k, v, do := randv(r, nq, 2), randv(r, nk, 2), randv(r, nk, 1), randv(r, nq, 1)
 		dq0, dk0, dv0 := randv(r, nq, 1), randv(r, nk, 1), randv(r, nk, 1)
-		h := newHost()
-		o, att := h.be.Alloc(nq), h.be.Alloc(B*NH*T*T)
-		h.be.AttentionTrainForward(o, att, h.up(q), h.up(k), h.up(v), s.seg, B, T, NH, NKV, D)
-		dqc, dkc, dvc := h.up(dq0), h.up(dk0), h.up(dv0)
-		h.be.AttentionBackward(dqc, dkc, dvc, h.up(do), att, h.up(q), h.up(k), h.up(v), s.seg, B, T, NH, NKV, D)
+		_, dqc, dkc, dvc := cpuAttentionGrads(s, q, k, v, do, dq0, dk0, dv0)
 		dims := []arg{i32(B), i32(T), i32(NH), i32(NKV), i32(D)}
 		fwd := launch(t, "flash_attention_forward", flashGrid(B, NH, T, 16), 128, append([]arg{out(nq), out(B * NH * T), in(q), in(k), in(v), segArg(s.seg)}, dims...)...)
 		O, L := fwd.f32(0), fwd.f32(1)
 		resQ := launch(t, "flash_attention_backward_q", flashGrid(B, NH, T, 8), 128,
 			append([]arg{inout(dq0), out(B * NH * T), in(do), in(O), in(L), in(q), in(k), in(v), segArg(s.seg)}, dims...)...)
-		closeTo(t, "flash_attention_backward_q dq", resQ.f32(0), h.down(dqc), 1e-5)
+		closeTo(t, "flash_attention_backward_q dq", resQ.f32(0), dqc, 1e-5)
 		Di := make([]float32, B*NH*T)
 		for b := 0; b < B; b++ {
 			for hh := 0; hh < NH; hh++ {
@@ -608,8 +611,8 @@ func checkFlashBackward(t *testing.T) {
 		closeTo(t, "flash_attention_backward_q Di", resQ.f32(1), Di, 1e-5)
 		resKV := launch(t, "flash_attention_backward_kv", flashGrid(B, NKV, T, 8), 128,
 			append([]arg{inout(dk0), inout(dv0), in(do), in(L), in(resQ.f32(1)), in(q), in(k), in(v), segArg(s.seg)}, dims...)...)
-		closeTo(t, "flash_attention_backward_kv dk", resKV.f32(0), h.down(dkc), 1e-5)
-		closeTo(t, "flash_attention_backward_kv dv", resKV.f32(1), h.down(dvc), 1e-5)
+		closeTo(t, "flash_attention_backward_kv dk", resKV.f32(0), dkc, 1e-5)
+		closeTo(t, "flash_attention_backward_kv dv", resKV.f32(1), dvc, 1e-5)
 		// Gradients not wanted: dq NULL still writes Di; dk or dv NULL leaves the other right.
 		nq0 := launch(t, "flash_attention_backward_q", flashGrid(B, NH, T, 8), 128,
 			append([]arg{null(), out(B * NH * T), in(do), in(O), in(L), in(q), in(k), in(v), segArg(s.seg)}, dims...)...)
