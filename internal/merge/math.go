@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 
+	"github.com/loractl/loractl/internal/linalg"
 	"github.com/loractl/loractl/internal/safetensors"
 )
 
@@ -81,15 +82,15 @@ func (l *lowRank) dense() []float64 {
 // It also returns all singular values of l.
 func (l *lowRank) truncate(k int) (*lowRank, []float64) {
 	R, in, out := l.r, l.in, l.out
-	qb, rb, pb := qr(l.b, out, R) // qb (out, pb), rb (pb, R)
-	at := make([]float64, in*R)   // Aᵀ (in, R)
+	qb, rb, pb := linalg.QR(l.b, out, R) // qb (out, pb), rb (pb, R)
+	at := make([]float64, in*R)          // Aᵀ (in, R)
 	for j := 0; j < R; j++ {
 		for i := 0; i < in; i++ {
 			at[i*R+j] = l.a[j*in+i]
 		}
 	}
-	qa, ra, pa := qr(at, in, R)   // qa (in, pa), ra (pa, R)
-	mid := make([]float64, pb*pa) // Rb·diag(c)·Raᵀ (pb, pa)
+	qa, ra, pa := linalg.QR(at, in, R) // qa (in, pa), ra (pa, R)
+	mid := make([]float64, pb*pa)      // Rb·diag(c)·Raᵀ (pb, pa)
 	for i := 0; i < pb; i++ {
 		for j := 0; j < pa; j++ {
 			var s float64
@@ -99,7 +100,7 @@ func (l *lowRank) truncate(k int) (*lowRank, []float64) {
 			mid[i*pa+j] = s
 		}
 	}
-	u, sv, v := svd(mid, pb, pa) // u (pb, q), sv (q), v (pa, q), q = min(pb, pa)
+	u, sv, v := linalg.SVD(mid, pb, pa) // u (pb, q), sv (q), v (pa, q), q = min(pb, pa)
 	q := len(sv)
 	k = min(k, q)
 	t := &lowRank{r: k, in: in, out: out, a: make([]float64, k*in), b: make([]float64, out*k), coef: make([]float64, k)}

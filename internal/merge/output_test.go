@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/loractl/loractl/internal/backend/cpu"
+	"github.com/loractl/loractl/internal/linalg"
 	"github.com/loractl/loractl/internal/lora"
 	"github.com/loractl/loractl/internal/model"
 	"github.com/loractl/loractl/internal/quant"
@@ -44,12 +45,12 @@ func TestSVDThroughRun(t *testing.T) {
 	name := "model.layers.2.self_attn.q_proj.weight"
 	out, in := infos[name].Shape[0], infos[name].Shape[1]
 	exact := exactDelta([]*lora.Adapter{a1, a2}, []float64{1, 0.5}, name)
-	_, sExact, _ := svd(exact, out, in)
+	_, sExact, _ := linalg.SVD(exact, out, in)
 	diff := make([]float64, len(exact))
 	for i := range diff {
 		diff[i] = tlow[name][i] - w0[name][i]
 	}
-	_, sGot, _ := svd(diff, out, in)
+	_, sGot, _ := linalg.SVD(diff, out, in)
 	t.Logf("%s: exact σ %.4g %.4g %.4g; rank-2 merge σ %.4g %.4g %.4g", name, sExact[0], sExact[1], sExact[2], sGot[0], sGot[1], sGot[2])
 	for j := 0; j < 2; j++ {
 		if math.Abs(sGot[j]-sExact[j]) > 1e-4*sExact[0] {

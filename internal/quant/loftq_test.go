@@ -1,46 +1,8 @@
 package quant
 
 import (
-	"math"
 	"testing"
 )
-
-// TestLowRankRecoversRankR checks the randomized SVD on a random matrix of exact rank r plus
-// the best rank-r error of a full-rank one against its own singular values.
-func TestLowRankRecoversRankR(t *testing.T) {
-	rng := newRNG(t)
-	rows, cols, r := 40+rng.IntN(60), 30+rng.IntN(90), 1+rng.IntN(6)
-	// M = X·Y with X (rows, r), Y (r, cols) Gaussian: rank r.
-	x, y := make([]float64, rows*r), make([]float64, r*cols)
-	for i := range x {
-		x[i] = rng.NormFloat64()
-	}
-	for i := range y {
-		y[i] = rng.NormFloat64()
-	}
-	m := mulNN(x, y, rows, r, cols)
-	u, sig, v := lowRank(m, rows, cols, r, rng)
-	var num, den float64
-	for i := 0; i < rows; i++ {
-		for j := 0; j < cols; j++ {
-			var d float64
-			for k := 0; k < r; k++ {
-				d += u[i*r+k] * sig[k] * v[j*r+k]
-			}
-			e := m[i*cols+j] - d
-			num += e * e
-			den += m[i*cols+j] * m[i*cols+j]
-		}
-	}
-	if rel := math.Sqrt(num / den); rel > 1e-9 {
-		t.Fatalf("rank-%d reconstruction error %.3g of a rank-%d matrix (%d×%d)", r, rel, r, rows, cols)
-	}
-	for k := 1; k < r; k++ {
-		if sig[k] > sig[k-1] {
-			t.Fatalf("singular values not decreasing: %v", sig)
-		}
-	}
-}
 
 // TestLoftQBeatsPlainInit checks that LoftQ's deq(W_q) + s·B·A is closer to W0 than the plain
 // start deq(Q(W0)) with B = 0, for every format, and logs the errors.

@@ -1,16 +1,17 @@
-package merge
+// Package linalg holds the small dense linear algebra loractl needs on the host, in float64:
+// a Householder QR, a one-sided Jacobi SVD, a randomized rank-r SVD for large matrices, and the
+// two products they use. Matrices are row-major.
+package linalg
 
 import (
 	"math"
+	"math/rand/v2"
 	"sort"
 )
 
-// This file holds the small dense linear algebra the svd method needs, in float64: a
-// Householder QR and a one-sided Jacobi SVD. Matrices are row-major.
-
-// qr factors the m×n matrix x (row-major) as Q·R with p = min(m, n): Q is m×p with orthonormal
+// QR factors the m×n matrix x (row-major) as Q·R with p = min(m, n): Q is m×p with orthonormal
 // columns, R is p×n upper trapezoidal. x is not modified.
-func qr(x []float64, m, n int) (q, r []float64, p int) {
+func QR(x []float64, m, n int) (q, r []float64, p int) {
 	p = min(m, n)
 	a := append([]float64(nil), x...) // (m, n), overwritten by R and the reflectors
 	vs := make([][]float64, p)        // Householder vectors, each of length m-k
@@ -86,11 +87,11 @@ func qr(x []float64, m, n int) (q, r []float64, p int) {
 	return q, r, p
 }
 
-// svd computes the thin singular value decomposition of the m×n matrix x (row-major):
+// SVD computes the thin singular value decomposition of the m×n matrix x (row-major):
 // x = U·diag(s)·Vᵀ with U m×k, V n×k, k = min(m, n), singular values in s in descending order.
 // It uses one-sided Jacobi rotations (Hestenes), which is accurate to working precision for
 // the small matrices it is used on. x is not modified.
-func svd(x []float64, m, n int) (u, s, v []float64) {
+func SVD(x []float64, m, n int) (u, s, v []float64) {
 	if m < n {
 		// Work on the transpose: xᵀ = V S Uᵀ.
 		xt := make([]float64, n*m) // (n, m)
@@ -99,7 +100,7 @@ func svd(x []float64, m, n int) (u, s, v []float64) {
 				xt[j*m+i] = x[i*n+j]
 			}
 		}
-		vt, st, ut := svd(xt, n, m)
+		vt, st, ut := SVD(xt, n, m)
 		return ut, st, vt
 	}
 	// Columns of g are orthogonalised in place; vm accumulates the rotations.
@@ -173,4 +174,71 @@ func svd(x []float64, m, n int) (u, s, v []float64) {
 		}
 	}
 	return u, s, v
+}
+
+// LowRank returns the leading r singular triplets of m (rows, cols): U (rows, r), σ (r) in
+// decreasing order and V (cols, r). It is a randomized subspace iteration: a Gaussian sketch of
+// r+8 columns drawn from rng, four power iterations re-orthonormalised by QR, then the exact
+// SVD of the small projected matrix Qᵀ·M.
+func LowRank(m []float64, rows, cols, r int, rng *rand.Rand) (u, sig, v []float64) {
+	k := min(r+8, rows, cols)
+	omega := make([]float64, cols*k) // (cols, k) Gaussian
+	for i := range omega {
+		omega[i] = rng.NormFloat64()
+	}
+	q, _, _ := QR(MulNN(m, omega, rows, cols, k), rows, k) // (rows, k)
+	for range 4 {
+		z, _, _ := QR(MulTN(m, q, rows, cols, k), cols, k) // Mᵀ·Q, (cols, k)
+		q, _, _ = QR(MulNN(m, z, rows, cols, k), rows, k)
+	}
+	bs := MulTN(q, m, rows, k, cols)    // Qᵀ·M, (k, cols)
+	ub, s, vb := SVD(bs, k, cols)       // ub (k, k), s (k), vb (cols, k)
+	uk := MulNN(q, ub, rows, k, len(s)) // (rows, k)
+	return leadingColumns(uk, rows, len(s), r), s[:r], leadingColumns(vb, cols, len(s), r)
+}
+
+// leadingColumns returns the first r columns of x (n, k) as an (n, r) matrix.
+func leadingColumns(x []float64, n, k, r int) []float64 {
+	out := make([]float64, n*r)
+	for i := 0; i < n; i++ {
+		copy(out[i*r:(i+1)*r], x[i*k:i*k+r])
+	}
+	return out
+}
+
+// MulNN returns a (n, p) · b (p, q), row-major.
+func MulNN(a, b []float64, n, p, q int) []float64 {
+	out := make([]float64, n*q)
+	for i := 0; i < n; i++ {
+		row := out[i*q : (i+1)*q]
+		for t := 0; t < p; t++ {
+			av := a[i*p+t]
+			if av == 0 {
+				continue
+			}
+			for j, bv := range b[t*q : (t+1)*q] {
+				row[j] += av * bv
+			}
+		}
+	}
+	return out
+}
+
+// MulTN returns aᵀ·b for a (n, p) and b (n, q): (p, q).
+func MulTN(a, b []float64, n, p, q int) []float64 {
+	out := make([]float64, p*q)
+	for t := 0; t < n; t++ {
+		br := b[t*q : (t+1)*q]
+		for i := 0; i < p; i++ {
+			av := a[t*p+i]
+			if av == 0 {
+				continue
+			}
+			row := out[i*q : (i+1)*q]
+			for j, bv := range br {
+				row[j] += av * bv
+			}
+		}
+	}
+	return out
 }
