@@ -89,11 +89,8 @@ func runGenerate(s *streams, o *generateOptions) error {
 	}
 	cfg := m.Config()
 	if o.Adapter != "" {
-		a, err := lora.Load(o.Adapter)
+		a, err := lora.LoadFor(o.Adapter, cfg, "")
 		if err != nil {
-			return err
-		}
-		if err := a.CheckBase(cfg, o.Adapter); err != nil {
 			return err
 		}
 		if err := a.MergeInto(m); err != nil {

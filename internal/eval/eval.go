@@ -253,14 +253,8 @@ func Run(modelDir string, adapters []string, be backend.Backend, opt Options) (*
 	// Every adapter is loaded and checked before any work, so a wrong one fails at once.
 	ads := make([]*lora.Adapter, len(adapters))
 	for i, dir := range adapters {
-		a, err := lora.Load(dir)
+		a, err := lora.LoadFor(dir, cfg, "evaluate it with --model set to its own base")
 		if err != nil {
-			return nil, err
-		}
-		if err := a.CheckBase(cfg, dir); err != nil {
-			return nil, fmt.Errorf("%w (evaluate it with --model set to its own base)", err)
-		}
-		if err := a.CheckFingerprint(cfg, dir); err != nil {
 			return nil, err
 		}
 		ads[i] = a

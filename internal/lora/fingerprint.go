@@ -62,3 +62,24 @@ func (a *Adapter) CheckFingerprint(c *model.Config, where string) error {
 	}
 	return nil
 }
+
+// LoadFor loads the adapter in dir for the base model c: Load, then CheckBase and
+// CheckFingerprint. Every command that applies an adapter to a base goes through it. fix, when
+// not empty, is the command's own advice, appended in parentheses to a base-mismatch error.
+func LoadFor(dir string, c *model.Config, fix string) (*Adapter, error) {
+	a, err := Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	err = a.CheckBase(c, dir)
+	if err == nil {
+		err = a.CheckFingerprint(c, dir)
+	}
+	if err != nil && fix != "" {
+		err = fmt.Errorf("%w (%s)", err, fix)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}

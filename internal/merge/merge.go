@@ -333,14 +333,8 @@ func paperScale(c lora.Config) float64 {
 func (mg *merger) loadAdapters() error {
 	maxRank := 0
 	for i, spec := range mg.opt.Adapters {
-		a, err := lora.Load(spec.Dir)
+		a, err := lora.LoadFor(spec.Dir, mg.cfg, "fix: pass the --base this adapter was trained on")
 		if err != nil {
-			return err
-		}
-		if err := a.CheckBase(mg.cfg, spec.Dir); err != nil {
-			return fmt.Errorf("%w (fix: pass the --base this adapter was trained on)", err)
-		}
-		if err := a.CheckFingerprint(mg.cfg, spec.Dir); err != nil {
 			return err
 		}
 		file := filepath.Join(spec.Dir, lora.WeightsFile)

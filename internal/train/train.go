@@ -199,14 +199,8 @@ func (j *job) setup() error {
 func (j *job) newAdapter() (*lora.Adapter, error) {
 	c, mc := j.cfg, j.m.Config()
 	if j.opt.InitAdapter != "" {
-		a, err := lora.Load(j.opt.InitAdapter)
+		a, err := lora.LoadFor(j.opt.InitAdapter, mc, "")
 		if err != nil {
-			return nil, err
-		}
-		if err := a.CheckBase(mc, j.opt.InitAdapter); err != nil {
-			return nil, err
-		}
-		if err := a.CheckFingerprint(mc, j.opt.InitAdapter); err != nil {
 			return nil, err
 		}
 		a.Config.Fingerprint = lora.Fingerprint(mc)
