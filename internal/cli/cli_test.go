@@ -85,6 +85,15 @@ func TestUsageErrorsExit2(t *testing.T) {
 	}
 }
 
+// withoutFallbackNote drops the first line of stderr when it is the note a -tags cuda build
+// without a GPU prints before falling back to the CPU.
+func withoutFallbackNote(errs string) string {
+	if note, rest, ok := strings.Cut(errs, "\n"); ok && strings.HasSuffix(note, "running on the CPU") {
+		return rest
+	}
+	return errs
+}
+
 // TestBadInput checks that each broken input gives one line on stderr that names the file and
 // the problem, exit code 1, and no panic.
 func TestBadInput(t *testing.T) {
@@ -132,10 +141,7 @@ func TestBadInput(t *testing.T) {
 			if out != "" {
 				t.Errorf("a failed command printed %q on stdout", out)
 			}
-			// A -tags cuda build without a GPU first notes that it falls back to the CPU.
-			if note, rest, ok := strings.Cut(errs, "\n"); ok && strings.HasSuffix(note, "running on the CPU") {
-				errs = rest
-			}
+			errs = withoutFallbackNote(errs)
 			if code != 1 {
 				t.Fatalf("exit %d, want 1; stderr %q", code, errs)
 			}

@@ -217,6 +217,7 @@ func TestEvalExitCodes(t *testing.T) {
 		{[]string{"eval", "--model", st, "--data", good, "--seq-len", "4096"}, 1, "max_position_embeddings"},
 	} {
 		code, _, stderr := run(t, "", c.args...)
+		stderr = withoutFallbackNote(stderr)
 		if code != c.code || !strings.Contains(stderr, c.want) {
 			t.Errorf("%v: exit %d (want %d), stderr %q (want %q)", c.args[3:], code, c.code, stderr, c.want)
 		}
