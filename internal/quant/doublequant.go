@@ -58,12 +58,12 @@ func doubleQuantize(absmax []float32) *DoubleQuant {
 			m = max(m, abs32(a-d.Offset))
 		}
 		d.Scales[b] = m
-		var inv float32
+		var inv float64 // float64: 1/m overflows float32 when m is subnormal
 		if m > 0 {
-			inv = 1 / m
+			inv = 1 / float64(m)
 		}
 		for g := lo; g < hi; g++ {
-			d.Codes[g] = dynIndex(min(max((absmax[g]-d.Offset)*inv, -1), 1))
+			d.Codes[g] = dynIndex(min(max(float32(float64(absmax[g]-d.Offset)*inv), -1), 1))
 		}
 	}
 	return d

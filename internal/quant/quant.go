@@ -264,12 +264,13 @@ func Quantize(name string, x []float32, shape []int, o Options) (*Tensor, error)
 		}
 		for g := range G {
 			lo, hi := g*t.GroupSize, min((g+1)*t.GroupSize, n)
-			var inv float32
+			// The inverse in float64: 1/absmax overflows float32 when absmax is subnormal.
+			var inv float64
 			if scale[g] > 0 {
-				inv = 1 / scale[g]
+				inv = 1 / float64(scale[g])
 			}
 			for i := lo; i < hi; i++ {
-				v := min(max(x[i]*inv, -1), 1)
+				v := min(max(float32(float64(x[i])*inv), -1), 1)
 				putNibble(t.Codes, i, nf4Index(v))
 			}
 		}
@@ -283,12 +284,12 @@ func Quantize(name string, x []float32, shape []int, o Options) (*Tensor, error)
 			lo, hi := g*t.GroupSize, min((g+1)*t.GroupSize, n)
 			s := absmax[g] / qmax
 			t.Scales[g] = s
-			var inv float32
+			var inv float64 // float64: 1/s overflows float32 when s is subnormal
 			if s > 0 {
-				inv = 1 / s
+				inv = 1 / float64(s)
 			}
 			for i := lo; i < hi; i++ {
-				q := float32(math.Round(float64(x[i] * inv)))
+				q := float32(math.Round(float64(x[i]) * inv))
 				q = min(max(q, -qmax), qmax)
 				if o.Format == Int8 {
 					t.Codes[i] = byte(int8(q))
