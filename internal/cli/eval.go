@@ -20,6 +20,7 @@ import (
 type evalOptions struct {
 	Model        string   `mapstructure:"model"`
 	Adapter      []string `mapstructure:"adapter"`
+	Rank         []int    `mapstructure:"rank"`
 	Data         string   `mapstructure:"data"`
 	Metrics      []string `mapstructure:"metrics"`
 	JSON         bool     `mapstructure:"json"`
@@ -65,6 +66,7 @@ not grow with its size. A progress bar is drawn on stderr when it is a terminal 
 	f.StringVar(&cfgFile, "config", "", "YAML file with eval options (flags override it)")
 	f.String("model", "", "HuggingFace model folder (config.json, *.safetensors, tokenizer); default $LORACTL_TESTDATA/models/stories260K")
 	f.StringArray("adapter", nil, "PEFT LoRA adapter folder to evaluate beside the base (repeat for several)")
+	f.IntSlice("rank", nil, "evaluate each DyLoRA adapter truncated to these ranks (comma-separated), one row per rank")
 	f.String("data", "", `JSONL file of {"text"}, {"prompt","completion"} or {"messages"} records`)
 	f.StringSlice("metrics", []string{"loss", "ppl"}, "metrics to report: loss, ppl, exact (comma-separated)")
 	f.Bool("json", false, "print one JSON document (rows with every metric, token counts, seconds) instead of the table")
@@ -102,6 +104,14 @@ func runEval(s *streams, o *evalOptions) error {
 	default:
 		return usageError{fmt.Errorf("eval: --format %q is not one of auto, text, prompt_completion, messages", o.Format)}
 	}
+	for _, k := range o.Rank {
+		if k < 1 {
+			return usageError{fmt.Errorf("eval: --rank %d: give ranks of at least 1", k)}
+		}
+	}
+	if len(o.Rank) > 0 && len(o.Adapter) == 0 {
+		return usageError{fmt.Errorf("eval: --rank truncates an adapter; give --adapter DIR (a DyLoRA adapter)")}
+	}
 	for _, a := range o.Adapter {
 		if a == "" {
 			return usageError{fmt.Errorf("eval: --adapter is empty; give a PEFT adapter folder")}
@@ -116,7 +126,7 @@ func runEval(s *streams, o *evalOptions) error {
 		return err
 	}
 	opt := eval.Options{Data: o.Data, Format: format, SeqLen: o.SeqLen, BatchTokens: o.BatchTokens, MaxExamples: o.MaxExamples,
-		Metrics: mets, ExactMargin: o.ExactMargin, SkipNoTarget: o.SkipNoTarget}
+		Metrics: mets, ExactMargin: o.ExactMargin, SkipNoTarget: o.SkipNoTarget, Ranks: o.Rank}
 	if !o.JSON && metrics.IsTerminal(s.Err) {
 		opt.Progress = &evalBar{w: s.Err}
 	}

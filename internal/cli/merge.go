@@ -81,7 +81,7 @@ an adapter or in the base are an error naming the tensor and file. See docs/MERG
 	f.String("out", "", "output folder for the merged model (must not exist unless --overwrite)")
 	f.String("method", "linear", "how to combine adapters: "+strings.Join(methodNames(), ", "))
 	f.Float64("density", 0.5, "ties, dare_linear, dare_ties: fraction of each adapter's update that is kept (0 < d <= 1)")
-	f.Int("rank", 0, "svd: rank of the merged update (0 = the largest adapter rank)")
+	f.Int("rank", 0, "svd: rank of the merged update (0 = the largest adapter rank); other methods: keep each adapter's leading k ranks (DyLoRA)")
 	f.Uint64("seed", 0, "dare_linear, dare_ties: seed of the random drop masks")
 	f.String("dtype", "", "output dtype: bf16, f16 or f32 (default: the base's dtype)")
 	f.String("max-shard-size", "5GB", "largest safetensors shard (e.g. 5GB, 500MB, 2GiB); bigger outputs are sharded with an index")
@@ -139,7 +139,8 @@ func runMerge(s *streams, o *mergeOptions) error {
 		return usageError{fmt.Errorf("merge: unknown --method %q; choose one of %s", o.Method, strings.Join(methodNames(), ", "))}
 	}
 	if opt.Method != merge.SVD && o.Rank != 0 {
-		return usageError{fmt.Errorf("merge: --rank applies to --method svd only")}
+		// Any other method: --rank k truncates each adapter to its leading k ranks (DyLoRA).
+		opt.Rank, opt.Truncate = 0, o.Rank
 	}
 	size, err := merge.ParseSize(o.MaxShardSize)
 	if err != nil {

@@ -119,7 +119,7 @@ func TestMergeBadInput(t *testing.T) {
 		{[]string{"--adapter", a + ":nan"}, 2, "not a finite number"},
 		{[]string{"--adapter", a + ":inf"}, 2, "not a finite number"},
 		{[]string{"--adapter", a, "--method", "average"}, 2, "unknown --method"},
-		{[]string{"--adapter", a, "--rank", "2"}, 2, "--rank"},
+		{[]string{"--adapter", a, "--rank", "2"}, 1, "not trained with lora.method dylora"},
 		{[]string{"--adapter", a, "--max-shard-size", "big"}, 2, "--max-shard-size"},
 		{[]string{"--adapter", a, "--dtype", "fp8"}, 1, "fp8"},
 		{[]string{"--adapter", a, "--method", "dare_ties", "--density", "0"}, 1, "--density"},

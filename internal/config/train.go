@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -58,7 +59,27 @@ type LoRASection struct {
 	Init    string   `mapstructure:"init" yaml:"init"` // default (Kaiming-uniform A, zero B) | gaussian | loftq
 	// LoftQIter is the number of LoftQ alternations (quantize, then rank-r SVD of the residual).
 	LoftQIter int `mapstructure:"loftq_iter" yaml:"loftq_iter"`
+	// RankPattern gives some modules another rank than r (PEFT's rank_pattern): keys are PEFT
+	// patterns matched against a dot-separated suffix of the module path ("down_proj",
+	// "layers.0.self_attn.q_proj", a regular expression), values ranks.
+	RankPattern map[string]int `mapstructure:"rank_pattern" yaml:"rank_pattern,omitempty"`
+	// RankSchedule linear grows the rank linearly from r_min in the first layer to r_max in the
+	// last (PRiLoRA-style); none: every module has rank r (or its rank_pattern entry).
+	RankSchedule string `mapstructure:"rank_schedule" yaml:"rank_schedule"`
+	RMin         int    `mapstructure:"r_min" yaml:"r_min"` // rank_schedule linear, dylora: the smallest rank
+	RMax         int    `mapstructure:"r_max" yaml:"r_max"` // rank_schedule linear, dylora: the largest rank
+	// FreezeA keeps A at its random initialisation and trains only B (LoRA-FA).
+	FreezeA bool `mapstructure:"freeze_a" yaml:"freeze_a"`
+	// InitA overrides how A starts: default (as lora.init says) or orthogonal (orthonormal
+	// rows; with freeze_a, the asymmetric LoRA of Zhu et al. 2024).
+	InitA string `mapstructure:"init_a" yaml:"init_a"`
+	// LoRAPlusRatio λ > 0 trains B with learning rate λ·lr and A with lr (LoRA+); 0: off.
+	LoRAPlusRatio float64 `mapstructure:"lora_plus_ratio" yaml:"lora_plus_ratio"`
 }
+
+// mapKeys are the config keys whose value is a mapping with free keys (module patterns, which
+// contain dots): they bypass the dotted-key layers and are merged file first, then --set.
+var mapKeys = map[string]bool{"lora.rank_pattern": true}
 
 // TrainSection holds the optimiser and loop settings.
 type TrainSection struct {
@@ -90,7 +111,7 @@ func DefaultTrain() Train {
 		Model: ModelSection{DType: "auto", Quantize: "none", GroupSize: 64},
 		Data:  DataSection{EvalFraction: 0.05, Format: "auto", SeqLen: 256, Packing: true},
 		LoRA: LoRASection{Method: "lora", R: 8, Alpha: 16, Targets: []string{"q_proj", "v_proj"},
-			Init: "default", LoftQIter: 1},
+			Init: "default", LoftQIter: 1, RankSchedule: "none", InitA: "default"},
 		Train: TrainSection{Device: "auto", LR: 2e-4, Schedule: "cosine", Warmup: 10, MaxSteps: 200, BatchSize: 4,
 			GradAccum: 1, MaxGradNorm: 1.0, Seed: 42, EvalEvery: 50, EvalBatches: 8},
 		Output: OutputSection{Dir: "out"},
@@ -121,8 +142,11 @@ func ResolveTrain(file string, sets []string, fs *pflag.FlagSet) (*Train, error)
 	// Each layer is applied with Set in order of precedence, lowest first, so the last one wins.
 	v := viper.New()
 	for k, val := range flatten(def) {
-		v.SetDefault(k, val)
+		if !mapKeys[k] {
+			v.SetDefault(k, val)
+		}
 	}
+	patterns := map[string]map[string]int{} // mapKeys: key → pattern → rank
 	if file != "" {
 		if _, err := os.Stat(file); err != nil {
 			return nil, fmt.Errorf("config file %s: %w", file, err)
@@ -137,6 +161,14 @@ func ResolveTrain(file string, sets []string, fs *pflag.FlagSet) (*Train, error)
 		}
 		fileKeys := map[string]any{}
 		flattenMap(tree, "", fileKeys)
+		for k := range mapKeys {
+			if val, ok := fileKeys[k]; ok {
+				if err := addPattern(patterns, k, val); err != nil {
+					return nil, fmt.Errorf("config file %s: %v", file, err)
+				}
+				delete(fileKeys, k)
+			}
+		}
 		var unknown []string
 		for k := range fileKeys {
 			if !known[k] {
@@ -158,6 +190,9 @@ func ResolveTrain(file string, sets []string, fs *pflag.FlagSet) (*Train, error)
 		}
 	}
 	for _, k := range keys {
+		if mapKeys[k] {
+			continue
+		}
 		envName := EnvPrefix + "_" + strings.ToUpper(strings.NewReplacer(".", "_").Replace(k))
 		if s, ok := os.LookupEnv(envName); ok {
 			val, err := parseValue(s)
@@ -179,6 +214,16 @@ func ResolveTrain(file string, sets []string, fs *pflag.FlagSet) (*Train, error)
 		k = strings.TrimSpace(k)
 		if !ok || k == "" {
 			return nil, fmt.Errorf("--set %q: want key=value, e.g. --set lora.r=16", s)
+		}
+		if mk, pat, ok := mapKeyOf(k); ok {
+			parsed, err := parseValue(val)
+			if err == nil {
+				err = addPattern(patterns, mk, map[string]any{pat: parsed})
+			}
+			if err != nil {
+				return nil, fmt.Errorf("--set %s: %v", s, err)
+			}
+			continue
 		}
 		if !known[k] {
 			return nil, fmt.Errorf("--set %s: %s", k, unknownKeys([]string{k}, keys))
@@ -204,6 +249,9 @@ func ResolveTrain(file string, sets []string, fs *pflag.FlagSet) (*Train, error)
 	}
 	if len(out.LoRA.Layers) == 0 {
 		out.LoRA.Layers = nil // "layers: []" and an absent key mean the same: every layer
+	}
+	if p := patterns["lora.rank_pattern"]; len(p) > 0 {
+		out.LoRA.RankPattern = p
 	}
 	if err := out.Validate(); err != nil {
 		if file != "" {
@@ -243,8 +291,12 @@ func (c *Train) Validate() error {
 	oneOf("data.format", c.Data.Format, "auto", "text", "prompt_completion", "messages")
 	check(c.Data.SeqLen >= 2, "data.seq_len must be at least 2, got %d", c.Data.SeqLen)
 	check(c.Data.EvalFraction >= 0 && c.Data.EvalFraction < 1, "data.eval_fraction must be in [0, 1), got %g", c.Data.EvalFraction)
-	oneOf("lora.method", c.LoRA.Method, "lora", "full")
-	if c.LoRA.Method == "lora" {
+	oneOf("lora.method", c.LoRA.Method, Methods...)
+	if planned[c.LoRA.Method] {
+		bad = append(bad, fmt.Sprintf("lora.method %s is not implemented yet (issue #7); implemented: %s", c.LoRA.Method, strings.Join(implemented(), ", ")))
+	}
+	c.validateVariants(check, oneOf)
+	if c.LoRA.Method != "full" {
 		check(c.LoRA.R >= 1, "lora.r must be at least 1, got %d", c.LoRA.R)
 		check(c.LoRA.Alpha > 0, "lora.alpha must be positive, got %g", c.LoRA.Alpha)
 		check(c.LoRA.Dropout >= 0 && c.LoRA.Dropout < 1, "lora.dropout must be in [0, 1), got %g", c.LoRA.Dropout)
@@ -274,6 +326,75 @@ func (c *Train) Validate() error {
 		return fmt.Errorf("invalid training config: %s", strings.Join(bad, "; "))
 	}
 	return nil
+}
+
+// Methods are the values of lora.method: plain LoRA, full fine-tuning, and the LoRA variants
+// of the survey (arXiv 2501.00365) that change the adapter's form.
+var Methods = []string{"lora", "full", "dylora", "dora", "vera", "tied", "nola", "adalora", "sora"}
+
+// planned are the methods of Methods that are accepted by name but not implemented yet.
+var planned = map[string]bool{"dora": true, "vera": true, "tied": true, "nola": true, "adalora": true, "sora": true}
+
+// implemented lists the methods that train today.
+func implemented() []string {
+	var out []string
+	for _, m := range Methods {
+		if !planned[m] {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// validateVariants checks the LoRA-variant keys and their combinations. An unsupported
+// combination names both keys.
+func (c *Train) validateVariants(check func(bool, string, ...any), oneOf func(string, string, ...string)) {
+	l := c.LoRA
+	oneOf("lora.rank_schedule", l.RankSchedule, "none", "linear")
+	oneOf("lora.init_a", l.InitA, "default", "orthogonal")
+	check(l.LoRAPlusRatio >= 0, "lora.lora_plus_ratio must be positive (η_B = λ·η_A; 16 in the LoRA+ paper), or 0 for off; got %g", l.LoRAPlusRatio)
+	if l.Method == "full" {
+		for _, k := range []struct {
+			key string
+			set bool
+		}{{"lora.rank_pattern", len(l.RankPattern) > 0}, {"lora.rank_schedule", l.RankSchedule != "none"},
+			{"lora.freeze_a", l.FreezeA}, {"lora.init_a", l.InitA != "default"}, {"lora.lora_plus_ratio", l.LoRAPlusRatio != 0}} {
+			check(!k.set, "%s shapes a LoRA adapter, but lora.method full trains every weight and has none; drop %s or use another lora.method", k.key, k.key)
+		}
+		return
+	}
+	ranged := l.RankSchedule == "linear" || l.Method == "dylora"
+	if ranged {
+		what := "lora.rank_schedule linear"
+		if l.Method == "dylora" {
+			what = "lora.method dylora"
+		}
+		check(l.RMin >= 1, "%s needs lora.r_min ≥ 1, got %d", what, l.RMin)
+		check(l.RMax >= l.RMin, "%s needs lora.r_max ≥ lora.r_min, got r_min %d and r_max %d", what, l.RMin, l.RMax)
+	} else {
+		check(l.RMin == 0 && l.RMax == 0, "lora.r_min and lora.r_max apply to lora.rank_schedule linear and lora.method dylora only; drop them or set one of those")
+	}
+	check(!(l.RankSchedule == "linear" && len(l.RankPattern) > 0), "lora.rank_schedule linear sets the rank of every module, so lora.rank_pattern would be overridden; use one of the two")
+	if l.Method == "dylora" {
+		check(len(l.RankPattern) == 0, "lora.method dylora samples one rank b for every module each step, so lora.rank_pattern cannot apply; drop lora.rank_pattern")
+		check(l.RankSchedule == "none", "lora.method dylora samples one rank b for every module each step, so lora.rank_schedule %s cannot apply; use lora.rank_schedule: none", l.RankSchedule)
+	}
+	check(!(l.FreezeA && l.LoRAPlusRatio != 0), "lora.lora_plus_ratio sets B's learning rate relative to A's, but lora.freeze_a trains no A; drop one of the two")
+	if l.Init == "loftq" {
+		check(len(l.RankPattern) == 0 && l.RankSchedule == "none", "lora.init loftq fits rank-r factors of one rank r, so lora.rank_pattern and lora.rank_schedule cannot apply; drop them or use lora.init: default")
+		check(l.Method == "lora", "lora.init loftq is for lora.method lora, not %s; use lora.init: default", l.Method)
+	}
+	check(!(l.InitA == "orthogonal" && l.Init != "default"), "lora.init_a orthogonal replaces A's initialisation, but lora.init %s sets it too; use lora.init: default with lora.init_a: orthogonal", l.Init)
+}
+
+// RankOf returns the rank lora.rank_schedule linear gives to a module of layer (0-based) out of
+// layers: r_min in the first layer, r_max in the last, linear and rounded in between.
+func (l LoRASection) RankOf(layer, layers int) int {
+	if layers <= 1 {
+		return l.RMax
+	}
+	f := float64(layer) / float64(layers-1)
+	return l.RMin + int(float64(l.RMax-l.RMin)*f+0.5)
 }
 
 // YAML renders the resolved configuration (for --dry-run and the run's config.yaml).
@@ -313,12 +434,45 @@ func flatten(s any) map[string]any {
 	return out
 }
 
+// mapKeyOf splits a --set key "lora.rank_pattern.<pattern>" into the map key and the pattern.
+func mapKeyOf(k string) (key, pattern string, ok bool) {
+	for mk := range mapKeys {
+		if p, found := strings.CutPrefix(k, mk+"."); found && p != "" {
+			return mk, p, true
+		}
+	}
+	return "", "", false
+}
+
+// addPattern merges a YAML mapping of pattern → rank into patterns[key].
+func addPattern(patterns map[string]map[string]int, key string, val any) error {
+	m, ok := val.(map[string]any)
+	if !ok {
+		return fmt.Errorf("%s must be a mapping of module pattern to rank, e.g. {down_proj: 16, layers.0.self_attn.q_proj: 4}; got %v", key, val)
+	}
+	if patterns[key] == nil {
+		patterns[key] = map[string]int{}
+	}
+	for pat, r := range m {
+		n, ok := r.(int)
+		if !ok || n < 1 {
+			return fmt.Errorf("%s: %q has rank %v; want a whole number of at least 1", key, pat, r)
+		}
+		if _, err := regexp.Compile(pat); err != nil {
+			return fmt.Errorf("%s: %q is not a valid pattern (a PEFT pattern is a regular expression): %v", key, pat, err)
+		}
+		patterns[key][pat] = n
+	}
+	return nil
+}
+
 // flattenMap turns a YAML tree into dotted keys; a mapping under a leaf key is kept whole
-// so that it is reported as unknown rather than silently split.
+// so that it is reported as unknown rather than silently split (and so that a mapKeys value
+// stays one mapping).
 func flattenMap(m map[string]any, prefix string, out map[string]any) {
 	for k, v := range m {
 		key := prefix + k
-		if sub, ok := v.(map[string]any); ok && len(sub) > 0 {
+		if sub, ok := v.(map[string]any); ok && len(sub) > 0 && !mapKeys[key] {
 			flattenMap(sub, key+".", out)
 			continue
 		}

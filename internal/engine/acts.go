@@ -74,9 +74,29 @@ func (e *Engine) newActs(B, T int, ckpt bool, alloc func(n int) backend.Buffer) 
 		nl = 1
 	}
 	a.layers = make([]layerActs, nl)
+	// A Linear input that no backward product reads (no dW, no trainable dA: frozen weights,
+	// LoRA-FA) is written to one scratch buffer shared by every layer instead of being kept.
+	var scratchC, scratchF backend.Buffer
+	keep := func(l int, lins ...int) bool {
+		for _, i := range lins {
+			if e.inputRead(l, i, ckpt) {
+				return true
+			}
+		}
+		return false
+	}
+	input := func(l, n int, scratch *backend.Buffer, lins ...int) backend.Buffer {
+		if keep(l, lins...) {
+			return get(n)
+		}
+		if *scratch == nil {
+			*scratch = get(n)
+		}
+		return *scratch
+	}
 	for l := range a.layers {
 		la := &a.layers[l]
-		la.h1 = get(N * C)
+		la.h1 = input(l, N*C, &scratchC, linQ, linK, linV)
 		if cfg.QKNorm() {
 			la.qpre, la.kpre = get(N*Q), get(N*KV)
 		}
@@ -87,12 +107,12 @@ func (e *Engine) newActs(B, T int, ckpt bool, alloc func(n int) backend.Buffer) 
 			la.att = get(B * NH * T * T)
 		}
 		la.a = get(N * Q)
-		la.x2, la.h2 = get(N*C), get(N*C)
-		la.g, la.up, la.mm = get(N*F), get(N*F), get(N*F)
+		la.x2, la.h2 = get(N*C), input(l, N*C, &scratchC, linGate, linUp)
+		la.g, la.up, la.mm = get(N*F), get(N*F), input(l, N*F, &scratchF, linDown)
 		for i := range la.u {
 			// With checkpointing the shared set needs a u for every Linear adapted in any layer.
-			if e.adapted(l, i, ckpt) {
-				la.u[i] = get(N * e.r)
+			if r := e.rankAt(l, i, ckpt); r > 0 {
+				la.u[i] = get(N * r)
 			}
 		}
 	}
@@ -108,7 +128,7 @@ func (e *Engine) newActs(B, T int, ckpt bool, alloc func(n int) backend.Buffer) 
 	}
 	a.dmm, a.dg, a.dup = get(N*F), get(N*F), get(N*F)
 	if e.ad != nil {
-		a.du = get(N * e.r)
+		a.du = get(N * e.ad.MaxRank())
 		if e.opt.Dropout > 0 {
 			a.xd, a.dxd = map[int]backend.Buffer{}, map[int]backend.Buffer{}
 			for _, bl := range e.blocks {
@@ -123,14 +143,25 @@ func (e *Engine) newActs(B, T int, ckpt bool, alloc func(n int) backend.Buffer) 
 	return a
 }
 
-// adapted reports whether Linear i of layer l has a LoRA pair; with shared (checkpointing)
-// activations, whether it has one in any layer.
-func (e *Engine) adapted(l, i int, shared bool) bool {
-	if !shared {
-		return e.blocks[l].lin[i].lora != nil
+// rankAt returns the LoRA rank of Linear i of layer l (0 when not adapted); with shared
+// (checkpointing) activations, the largest over all layers.
+func (e *Engine) rankAt(l, i int, shared bool) int {
+	r := 0
+	for j, bl := range e.blocks {
+		if ll := bl.lin[i].lora; ll != nil && (shared || j == l) {
+			r = max(r, ll.r)
+		}
 	}
-	for _, bl := range e.blocks {
-		if bl.lin[i].lora != nil {
+	return r
+}
+
+// inputRead reports whether the backward pass reads the input of Linear i of layer l: for
+// its weight gradient (full fine-tuning) or for a trainable LoRA A; with shared
+// (checkpointing) activations, in any layer.
+func (e *Engine) inputRead(l, i int, shared bool) bool {
+	for j, bl := range e.blocks {
+		lin := bl.lin[i]
+		if (shared || j == l) && (lin.dw != nil || (lin.lora != nil && lin.lora.da != nil)) {
 			return true
 		}
 	}

@@ -48,6 +48,9 @@ type Options struct {
 	Dropout           float64 // LoRA dropout on the adapter input (training only); ignored by "full"
 	Seed              uint64  // dropout RNG seed
 	GradCheckpointing bool    // keep only each block's input; recompute the block in backward
+	// FreezeA keeps every LoRA A at its initial value (LoRA-FA): A gets no gradient and is not a
+	// parameter, and a Linear input that only dA would read is not kept for backward.
+	FreezeA bool
 }
 
 // Batch is one micro-batch of B rows of T tokens. Every slice is (B·T) row-major.
@@ -73,7 +76,10 @@ type linear struct {
 // loraLinear is the device side of one LoRA pair.
 type loraLinear struct {
 	a, b   backend.Buffer // (r, in), (out, r)
-	da, db backend.Buffer // (r, in), (out, r) gradients
+	da, db backend.Buffer // (r, in), (out, r) gradients; da is nil when A is frozen (LoRA-FA)
+	r      int            // rank (lora_A rows)
+	s      float32        // scale of the active rank (alpha/r, alpha/√r with rsLoRA)
+	pair   *lora.Pair     // the host values
 }
 
 // block holds one decoder block's weights (and, for full fine-tuning, gradients).
@@ -112,8 +118,10 @@ type Engine struct {
 	fa  backend.FlashAttention // the backend's tiled attention when it takes the head dim, else nil
 	opt Options
 	ad  *lora.Adapter // nil for "full"
-	r   int           // LoRA rank (0 for "full")
-	s   float32       // LoRA scale
+	// limit is DyLoRA's active rank: only the leading limit ranks of each pair take part (the
+	// device copies of A and B are zero beyond them) at the scale of rank limit; 0: all.
+	limit int
+	lls   []*loraLinear // the adapted Linears, in adapter order
 
 	embed, norm, lmHead backend.Buffer // (V, C), (C), (V, C) (lmHead = embed when tied)
 	dEmbed, dNorm, dLM  backend.Buffer // gradients or nil (dLM = dEmbed when tied)
@@ -295,8 +303,7 @@ func (e *Engine) setupFull() error {
 
 // setupLoRA uploads the adapter's A and B and attaches them to their Linears.
 func (e *Engine) setupLoRA(a *lora.Adapter) error {
-	e.ad, e.r, e.s = a, a.Config.R, a.Config.Scale()
-	r := e.r
+	e.ad = a
 	for _, p := range a.Pairs {
 		md := p.Module
 		if md.Layer < 0 || md.Layer >= len(e.blocks) {
@@ -310,12 +317,18 @@ func (e *Engine) setupLoRA(a *lora.Adapter) error {
 		if lin.lora != nil {
 			return fmt.Errorf("engine: the adapter adapts %s twice", md.Path)
 		}
+		r := a.RankOf(p)
 		if len(p.A) != r*lin.in || len(p.B) != lin.out*r {
 			return fmt.Errorf("engine: adapter %s has A of %d and B of %d values; r=%d and the module (%d×%d) need %d and %d",
 				md.Path, len(p.A), len(p.B), r, lin.out, lin.in, r*lin.in, lin.out*r)
 		}
-		ll := &loraLinear{a: e.alloc(r * lin.in), b: e.alloc(lin.out * r), da: e.alloc(r * lin.in), db: e.alloc(lin.out * r)}
+		ll := &loraLinear{a: e.alloc(r * lin.in), b: e.alloc(lin.out * r), db: e.alloc(lin.out * r),
+			r: r, s: a.ScaleOf(p), pair: p}
+		if !e.opt.FreezeA {
+			ll.da = e.alloc(r * lin.in)
+		}
 		lin.lora = ll
+		e.lls = append(e.lls, ll)
 		for _, t := range []struct {
 			suffix    string
 			data      []float32
@@ -324,10 +337,58 @@ func (e *Engine) setupLoRA(a *lora.Adapter) error {
 			if err := e.be.Upload(t.buf, t.data); err != nil {
 				return fmt.Errorf("engine: upload %s.%s: %w", md.Path, t.suffix, err)
 			}
+			if t.grad == nil {
+				continue // frozen A: uploaded once, never a parameter
+			}
 			e.params = append(e.params, param{
 				host: optim.Param{Name: md.Path + "." + t.suffix, Data: t.data, Grad: make([]float32, len(t.data))},
 				buf:  t.buf, grad: t.grad,
 			})
+		}
+	}
+	return nil
+}
+
+// SetRankLimit makes only the leading k ranks of every pair take part in the following passes,
+// at the scale of rank k (DyLoRA's truncation b; pairs of rank ≤ k are whole); 0 restores every
+// rank. The host parameters keep all their values: the device copies of A and B are zero
+// beyond rank k, so the gradients there are exactly zero. Call it after SyncParams.
+func (e *Engine) SetRankLimit(k int) error {
+	if e.ad == nil {
+		return errors.New("engine: a rank limit needs a LoRA adapter")
+	}
+	if k < 0 {
+		return fmt.Errorf("engine: rank limit %d is negative", k)
+	}
+	e.limit = k
+	return e.uploadLimited()
+}
+
+// uploadLimited uploads every pair's A and B with the ranks beyond e.limit zeroed, and sets
+// each pair's scale for its active rank.
+func (e *Engine) uploadLimited() error {
+	var tmp []float32
+	for _, ll := range e.lls {
+		p := ll.pair
+		k := ll.r
+		if e.limit > 0 {
+			k = min(k, e.limit)
+		}
+		ll.s = e.ad.Config.ScaleAt(e.ad.AlphaOf(p), k)
+		in, out := p.Module.In, p.Module.Out
+		tmp = slices.Grow(tmp[:0], max(len(p.A), len(p.B)))[:len(p.A)]
+		copy(tmp, p.A)
+		clear(tmp[k*in:]) // (r, in): rows ≥ k
+		if err := e.be.Upload(ll.a, tmp); err != nil {
+			return fmt.Errorf("engine: upload %s.lora_A.weight: %w", p.Module.Path, err)
+		}
+		tmp = tmp[:len(p.B)]
+		copy(tmp, p.B)
+		for o := 0; o < out; o++ {
+			clear(tmp[o*ll.r+k : (o+1)*ll.r]) // (out, r): columns ≥ k
+		}
+		if err := e.be.Upload(ll.b, tmp); err != nil {
+			return fmt.Errorf("engine: upload %s.lora_B.weight: %w", p.Module.Path, err)
 		}
 	}
 	return nil
@@ -366,6 +427,9 @@ func (e *Engine) SyncGrads() error {
 // SyncParams uploads Params()[i].Data to the device, after an optimizer step. For full
 // fine-tuning this updates the model's own weights.
 func (e *Engine) SyncParams() error {
+	if e.limit > 0 {
+		return e.uploadLimited()
+	}
 	for _, p := range e.params {
 		if err := e.be.Upload(p.buf, p.host.Data); err != nil {
 			return fmt.Errorf("engine: upload %s: %w", p.host.Name, err)

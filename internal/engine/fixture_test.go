@@ -141,7 +141,7 @@ func newAdapter(t testing.TB, c *model.Config, r int, alpha, bStd float64, seed 
 func cloneAdapter(a *lora.Adapter) *lora.Adapter {
 	c := &lora.Adapter{Config: a.Config}
 	for _, p := range a.Pairs {
-		c.Pairs = append(c.Pairs, &lora.Pair{Module: p.Module, A: slices.Clone(p.A), B: slices.Clone(p.B)})
+		c.Pairs = append(c.Pairs, &lora.Pair{Module: p.Module, A: slices.Clone(p.A), B: slices.Clone(p.B), R: p.R, Alpha: p.Alpha})
 	}
 	return c
 }

@@ -302,9 +302,10 @@ func (e *Engine) linearForward(y, x backend.Buffer, lin *linear, u backend.Buffe
 			return err
 		}
 	}
-	be.MatMulForward(u, xin, ll.a, nil, N, lin.in, e.r) // u (N, r) = drop(x)·Aᵀ
-	be.Scale(u, e.s, N*e.r)                             // u = s·drop(x)·Aᵀ
-	be.MatMulForwardAcc(y, u, ll.b, N, e.r, lin.out)    // y (N, out) += u·Bᵀ
+	r := ll.r
+	be.MatMulForward(u, xin, ll.a, nil, N, lin.in, r) // u (N, r) = drop(x)·Aᵀ
+	be.Scale(u, ll.s, N*r)                            // u = s·drop(x)·Aᵀ
+	be.MatMulForwardAcc(y, u, ll.b, N, r, lin.out)    // y (N, out) += u·Bᵀ
 	return nil
 }
 
@@ -318,17 +319,22 @@ func (e *Engine) linearBackward(dx, dy, x backend.Buffer, lin *linear, u backend
 	if ll == nil {
 		return nil
 	}
-	a, r := e.act, e.r
+	a, r := e.act, ll.r
 	be.Zero(a.du, N*r)
 	be.MatMulBackward(a.du, ll.db, nil, dy, u, ll.b, N, r, lin.out) // du (N, r) = dy·B; dB += dyᵀ·u (u holds s·A·drop(x))
-	be.Scale(a.du, e.s, N*r)                                        // du = s·dy·B = ∂L/∂(drop(x)·Aᵀ)
+	be.Scale(a.du, ll.s, N*r)                                       // du = s·dy·B = ∂L/∂(drop(x)·Aᵀ)
 	if e.opt.Dropout == 0 {
-		be.MatMulBackward(dx, ll.da, nil, a.du, x, ll.a, N, lin.in, r) // dA += duᵀ·x; dx += du·A
+		be.MatMulBackward(dx, ll.da, nil, a.du, x, ll.a, N, lin.in, r) // dA += duᵀ·x (unless frozen); dx += du·A
 		return nil
 	}
-	xd, err := e.dropInput(x, lin, N, layer) // (N, in), the same mask as the forward's
-	if err != nil {
-		return err
+	xd := x
+	if ll.da != nil {
+		var err error
+		if xd, err = e.dropInput(x, lin, N, layer); err != nil { // (N, in), the same mask as the forward's
+			return err
+		}
+	} else {
+		e.fillMask(a.hostM[:N*lin.in], layer, lin.idx) // frozen A: only the mask, for dx; x is not read
 	}
 	dxd := a.dxd[lin.in] // (N, in)
 	be.Zero(dxd, N*lin.in)

@@ -20,18 +20,20 @@ type ref64 struct {
 	cfg *model.Config
 	w   map[string][]float64    // checkpoint tensors
 	ab  map[string][2][]float64 // module path → (A (r, in), B (out, r))
-	s   float64                 // LoRA scale
-	r   int                     // rank
+	rs  map[string]refRank      // module path → its rank and scale
 	inv []float64               // (D/2) RoPE inverse frequencies (the model's float32 values)
+}
+
+// refRank is one adapted module's rank and scale in the reference.
+type refRank struct {
+	r int
+	s float64
 }
 
 // newRef64 copies the model's weights and the adapter into float64.
 func newRef64(t *testing.T, m *model.Model, a *lora.Adapter) *ref64 {
 	t.Helper()
-	r := &ref64{cfg: m.Config(), w: map[string][]float64{}, ab: map[string][2][]float64{}}
-	if a != nil {
-		r.s, r.r = float64(a.Config.Scale()), a.Config.R
-	}
+	r := &ref64{cfg: m.Config(), w: map[string][]float64{}, ab: map[string][2][]float64{}, rs: map[string]refRank{}}
 	for _, name := range m.TensorNames() {
 		buf, _, _ := m.Tensor(name)
 		v := make([]float32, buf.Len())
@@ -42,6 +44,7 @@ func newRef64(t *testing.T, m *model.Model, a *lora.Adapter) *ref64 {
 	}
 	for _, p := range adapterPairs(a) {
 		r.ab[p.Module.Path] = [2][]float64{to64(p.A), to64(p.B)}
+		r.rs[p.Module.Path] = refRank{r: a.RankOf(p), s: float64(a.ScaleOf(p))}
 	}
 	for _, f := range r.cfg.RoPEInvFreq() {
 		r.inv = append(r.inv, float64(f))
@@ -96,15 +99,16 @@ func (r *ref64) loss(b Batch) float64 {
 			}
 		}
 		if ab, ok := r.ab[path]; ok {
-			u := make([]float64, r.r) // (r)
-			for k := range r.r {
+			rk, s := r.rs[path].r, r.rs[path].s
+			u := make([]float64, rk) // (r)
+			for k := range rk {
 				for i := range in {
 					u[k] += ab[0][k*in+i] * x[i]
 				}
 			}
 			for o := range out {
-				for k := range r.r {
-					y[o] += r.s * ab[1][o*r.r+k] * u[k]
+				for k := range rk {
+					y[o] += s * ab[1][o*rk+k] * u[k]
 				}
 			}
 		}
@@ -237,21 +241,30 @@ func TestGradCheckFloat64(t *testing.T) {
 	sb.WriteString("gradients vs float64 central differences (eps 1e-5)\n")
 	sb.WriteString("case                  entries  max rel err  max abs err\n")
 	for _, c := range []struct {
-		name   string
-		ts     tinySpec
-		method string
-		packed bool
+		name    string
+		ts      tinySpec
+		method  string
+		packed  bool
+		pattern bool // per-module ranks and alphas (rank_pattern, alpha_pattern, rank_schedule)
+		freezeA bool // LoRA-FA
+		dropout float64
 	}{
-		{"lora llama", tinyLlama, MethodLoRA, false}, {"lora qwen3", tinyQwen3, MethodLoRA, false},
-		{"lora qwen3 packed", tinyQwen3, MethodLoRA, true},
-		{"full llama", tinyLlama, MethodFull, false}, {"full qwen3 packed", tinyQwen3, MethodFull, true},
+		{name: "lora llama", ts: tinyLlama, method: MethodLoRA}, {name: "lora qwen3", ts: tinyQwen3, method: MethodLoRA},
+		{name: "lora qwen3 packed", ts: tinyQwen3, method: MethodLoRA, packed: true},
+		{name: "rank_pattern llama", ts: tinyLlama, method: MethodLoRA, pattern: true},
+		{name: "freeze_a llama", ts: tinyLlama, method: MethodLoRA, freezeA: true},
+		{name: "freeze_a qwen3 pattern", ts: tinyQwen3, method: MethodLoRA, freezeA: true, pattern: true},
+		{name: "full llama", ts: tinyLlama, method: MethodFull}, {name: "full qwen3 packed", ts: tinyQwen3, method: MethodFull, packed: true},
 	} {
 		m := c.ts.load(t)
 		var a *lora.Adapter
 		if c.method == MethodLoRA {
 			a = newAdapter(t, m.Config(), 3, 6, 0.2, 21)
+			if c.pattern {
+				a = patternAdapter(t, m.Config(), 21)
+			}
 		}
-		e := newEngine(t, m, a, Options{Method: c.method})
+		e := newEngine(t, m, a, Options{Method: c.method, FreezeA: c.freezeA})
 		rng := rand.New(rand.NewPCG(51, 1))
 		b := randomBatch(rng, c.ts.V, 2, 8)
 		if c.packed {
@@ -298,4 +311,29 @@ func TestGradCheckFloat64(t *testing.T) {
 		fmt.Fprintf(&sb, "%-20s %8d  %11.2e  %11.2e\n", row.name, row.n, row.maxRel, row.maxAbs)
 	}
 	t.Log("\n" + sb.String())
+}
+
+// patternAdapter returns an all-linear adapter whose ranks grow with the layer and differ by
+// module (1 to 4), with an alpha_pattern on the MLP, and B ~ N(0, 0.2²).
+func patternAdapter(t testing.TB, c *model.Config, seed uint64) *lora.Adapter {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(seed, 12))
+	mods := lora.Modules(c)
+	pat := map[string]int{}
+	for i, md := range mods {
+		pat[md.Path] = 1 + (i+md.Layer)%4
+	}
+	a, err := lora.New(lora.Config{R: 2, Alpha: 6, RankPattern: pat}, mods, lora.InitDefault, rng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range a.Pairs {
+		if p.Module.Name == "up_proj" || p.Module.Name == "down_proj" {
+			p.Alpha = 3
+		}
+		for i := range p.B {
+			p.B[i] = float32(0.2 * rng.NormFloat64())
+		}
+	}
+	return a
 }

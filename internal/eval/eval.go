@@ -126,12 +126,17 @@ type Options struct {
 	ExactMargin  int         // extra new tokens beyond the reference length for exact
 	SkipNoTarget bool        // skip records without any target token instead of failing
 	Progress     Progress    // nil: none
+	// Ranks evaluates each adapter truncated to each of these ranks (DyLoRA's nested
+	// sub-adapters; the adapter must have been trained with lora.method dylora), one row per
+	// adapter and rank; nil: each adapter whole.
+	Ranks []int
 }
 
 // Row is the result for one model: the base or the base with one adapter.
 type Row struct {
 	Name      string // "base" or the adapter folder
 	Adapter   string // the adapter folder; "" for the base
+	Rank      int    // the rank the adapter was truncated to (Options.Ranks); 0: whole
 	Examples  int    // records scored
 	Positions int    // input positions run through the model
 	Tokens    int    // target tokens in the loss
@@ -276,17 +281,26 @@ func Run(modelDir string, adapters []string, be backend.Backend, opt Options) (*
 		r.exact = r.exact || m == Exact
 	}
 	rep := &Report{Model: modelDir, Data: opt.Data, SeqLen: opt.SeqLen, BatchRows: r.rows, Metrics: opt.Metrics}
-	names := append([]string{""}, adapters...)
-	for i, dir := range names {
-		var a *lora.Adapter
-		if i > 0 {
-			a = ads[i-1]
-		}
-		row, err := r.pass(dir, a, rep)
+	row, err := r.pass("", nil, rep)
+	if err != nil {
+		return nil, err
+	}
+	rep.Rows = append(rep.Rows, row)
+	for i, dir := range adapters {
+		variants, err := truncations(dir, ads[i], opt.Ranks)
 		if err != nil {
 			return nil, err
 		}
-		rep.Rows = append(rep.Rows, row)
+		for _, v := range variants {
+			row, err := r.pass(dir, v.a, rep)
+			if err != nil {
+				return nil, err
+			}
+			if v.rank > 0 {
+				row.Name, row.Rank = fmt.Sprintf("%s (r %d)", row.Name, v.rank), v.rank
+			}
+			rep.Rows = append(rep.Rows, row)
+		}
 	}
 	if r.exact && rep.Format != data.FormatPromptCompletion {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("exact: n/a: %s holds %s records; exact match needs {\"prompt\",\"completion\"} records", opt.Data, rep.Format))
@@ -610,6 +624,7 @@ func stopIDs(ids []int, tokEOS int) []int {
 type jsonRow struct {
 	Model        string   `json:"model"`
 	Adapter      string   `json:"adapter,omitempty"`
+	Rank         int      `json:"rank,omitempty"`
 	Examples     int      `json:"examples"`
 	Positions    int      `json:"positions"`
 	Tokens       int      `json:"tokens"`
@@ -659,7 +674,7 @@ func (rep *Report) MarshalJSON() ([]byte, error) {
 	}
 	exactAsked := slices.Contains(rep.Metrics, Exact)
 	for _, r := range rep.Rows {
-		jr := jsonRow{Model: r.Name, Adapter: r.Adapter, Examples: r.Examples, Positions: r.Positions, Tokens: r.Tokens,
+		jr := jsonRow{Model: r.Name, Adapter: r.Adapter, Rank: r.Rank, Examples: r.Examples, Positions: r.Positions, Tokens: r.Tokens,
 			LossSeconds: r.LossSeconds, ExactSeconds: r.ExactSeconds, PositionsPS: r.PositionsPerSecond(), Seconds: r.Seconds}
 		if r.HasLoss {
 			jr.Loss, jr.PPL = finite(r.Loss), finite(r.PPL)
@@ -671,4 +686,35 @@ func (rep *Report) MarshalJSON() ([]byte, error) {
 		j.Rows = append(j.Rows, jr)
 	}
 	return json.Marshal(j)
+}
+
+// rankVariant is one adapter as evaluated: whole (rank 0) or truncated to rank.
+type rankVariant struct {
+	a    *lora.Adapter
+	rank int
+}
+
+// truncations returns adapter a whole (ranks empty) or truncated to each rank in ranks.
+// Truncation is refused for an adapter not trained with lora.method dylora: its leading ranks
+// were never trained to work alone.
+func truncations(dir string, a *lora.Adapter, ranks []int) ([]rankVariant, error) {
+	if len(ranks) == 0 {
+		return []rankVariant{{a: a}}, nil
+	}
+	if a.Config.Method != "dylora" {
+		return nil, fmt.Errorf("eval: --rank truncates a DyLoRA adapter, but %s was not trained with lora.method dylora (its leading ranks were not trained to work alone); drop --rank", dir)
+	}
+	var out []rankVariant
+	for _, k := range ranks {
+		c := &lora.Adapter{Config: a.Config}
+		for _, p := range a.Pairs {
+			q := *p
+			c.Pairs = append(c.Pairs, &q)
+		}
+		if err := c.Truncate(k); err != nil {
+			return nil, fmt.Errorf("eval: %s: --rank: %w", dir, err)
+		}
+		out = append(out, rankVariant{a: c, rank: k})
+	}
+	return out, nil
 }

@@ -120,12 +120,29 @@ func ExportLoRA(adapterDir, out, baseDir string, overwrite bool) (*LoRAReport, e
 		}
 		name := fmt.Sprintf("blk.%d.%s.weight", p.Module.Layer, gname)
 		in, outF := p.Module.In, p.Module.Out
+		r := a.RankOf(p)
+		// llama.cpp scales each tensor by alpha / (its rank). Where the pair's own scale differs
+		// (a rank_pattern under rsLoRA, an alpha_pattern) the ratio is folded into lora_b.
+		want := a.AlphaOf(p) / float64(r)
+		if a.Config.RSLoRA {
+			want = a.AlphaOf(p) / math.Sqrt(float64(r))
+		}
+		fold := float32(1)
+		if f := want / (float64(rep.Alpha) / float64(r)); math.Abs(f-1) > 1e-6 {
+			fold = float32(f)
+		}
 		tensors = append(tensors,
 			Tensor{Name: name + ".lora_a", Shape: []uint64{uint64(in), uint64(r)}, Type: F32,
 				Data: func() ([]byte, error) { return Encode(F32, p.A) }},
 			Tensor{Name: name + ".lora_b", Shape: []uint64{uint64(r), uint64(outF)}, Type: F32,
 				Data: func() ([]byte, error) {
 					b := p.B
+					if fold != 1 {
+						b = make([]float32, len(p.B))
+						for i, v := range p.B {
+							b[i] = v * fold
+						}
+					}
 					if heads > 0 {
 						b = PermuteRows(b, outF, r, heads)
 					}

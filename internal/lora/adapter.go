@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"sort"
 
+	"github.com/loractl/loractl/internal/linalg"
 	"github.com/loractl/loractl/internal/model"
 )
 
@@ -20,14 +21,26 @@ type Config struct {
 	// Fingerprint is the base model's Fingerprint, stored in the safetensors header metadata
 	// under FingerprintKey; empty when unknown (PEFT adapters).
 	Fingerprint string
+	// RankPattern gives some modules (by path) another rank than R: PEFT's rank_pattern. New
+	// reads it; a loaded adapter has each pair's rank in Pair.R.
+	RankPattern map[string]int
+	// Method is the LoRA variant that trained the adapter ("" or "lora" for plain LoRA,
+	// "dylora", ...), kept in the safetensors metadata under MethodKey.
+	Method string
+	// RMin is DyLoRA's smallest trained rank (method dylora only).
+	RMin int
 }
 
 // Scale returns s in y = W0·x + s·B·A·x: alpha/r, or alpha/√r with rsLoRA.
-func (c Config) Scale() float32 {
+func (c Config) Scale() float32 { return c.ScaleAt(c.Alpha, c.R) }
+
+// ScaleAt returns the scale of a module of rank r with the given alpha (PEFT's per-module
+// scaling under rank_pattern and alpha_pattern).
+func (c Config) ScaleAt(alpha float64, r int) float32 {
 	if c.RSLoRA {
-		return float32(c.Alpha / math.Sqrt(float64(c.R)))
+		return float32(alpha / math.Sqrt(float64(r)))
 	}
-	return float32(c.Alpha / float64(c.R))
+	return float32(alpha / float64(r))
 }
 
 // Pair is the low-rank update of one module.
@@ -35,6 +48,66 @@ type Pair struct {
 	Module Module
 	A      []float32 // (r, in)
 	B      []float32 // (out, r)
+	R      int       // this pair's rank; 0 means Config.R
+	Alpha  float64   // this pair's alpha (PEFT's alpha_pattern); 0 means Config.Alpha
+}
+
+// RankOf returns the rank of pair p.
+func (a *Adapter) RankOf(p *Pair) int {
+	if p.R > 0 {
+		return p.R
+	}
+	return a.Config.R
+}
+
+// AlphaOf returns the alpha of pair p.
+func (a *Adapter) AlphaOf(p *Pair) float64 {
+	if p.Alpha > 0 {
+		return p.Alpha
+	}
+	return a.Config.Alpha
+}
+
+// ScaleOf returns the scale s of pair p: alpha/r of its own rank and alpha (alpha/√r with
+// rsLoRA), as PEFT computes it per module.
+func (a *Adapter) ScaleOf(p *Pair) float32 { return a.Config.ScaleAt(a.AlphaOf(p), a.RankOf(p)) }
+
+// MaxRank returns the largest rank of any pair.
+func (a *Adapter) MaxRank() int {
+	r := 0
+	for _, p := range a.Pairs {
+		r = max(r, a.RankOf(p))
+	}
+	return r
+}
+
+// Truncate keeps the leading k ranks of every pair (the first k rows of A and columns of B),
+// with the scale of rank k: DyLoRA's nested sub-adapters, and `--rank k` of eval and merge.
+// Pairs of rank ≤ k are unchanged. The adapter is modified in place.
+func (a *Adapter) Truncate(k int) error {
+	if k < 1 {
+		return fmt.Errorf("rank %d: want at least 1", k)
+	}
+	if mr := a.MaxRank(); k > mr {
+		return fmt.Errorf("rank %d is larger than the adapter's rank %d; choose --rank ≤ %d", k, mr, mr)
+	}
+	for _, p := range a.Pairs {
+		r := a.RankOf(p)
+		if r <= k {
+			p.R = r
+			continue
+		}
+		out := p.Module.Out
+		b := make([]float32, out*k) // (out, k)
+		for o := 0; o < out; o++ {
+			copy(b[o*k:(o+1)*k], p.B[o*r:o*r+k])
+		}
+		p.A, p.B, p.R = p.A[:k*p.Module.In], b, k
+	}
+	if a.Config.R > k {
+		a.Config.R = k
+	}
+	return nil
 }
 
 // Adapter is a set of low-rank updates, one per adapted module, in module order.
@@ -51,6 +124,9 @@ type Init string
 const (
 	InitDefault  Init = "default"  // PEFT's default: Kaiming-uniform(a=√5) on A, bound 1/√in
 	InitGaussian Init = "gaussian" // PEFT's "gaussian": normal with std 1/r on A
+	// InitOrthogonal gives A orthonormal rows (a random orthogonal projection, QR of a Gaussian
+	// matrix): LoRA-FA with it is the asymmetric variant of Zhu et al. (2024).
+	InitOrthogonal Init = "orthogonal"
 )
 
 // New makes an adapter over mods with A initialised from the seeded rng and B = 0.
@@ -60,11 +136,18 @@ func New(cfg Config, mods []Module, init Init, rng *rand.Rand) (*Adapter, error)
 	}
 	a := &Adapter{Config: cfg}
 	for _, m := range mods {
-		if cfg.R > min(m.In, m.Out) {
-			return nil, fmt.Errorf("lora.r %d is larger than min(in, out) = %d of %s (%d×%d); choose r ≤ %d",
-				cfg.R, min(m.In, m.Out), m.Path, m.Out, m.In, min(m.In, m.Out))
+		r, key := cfg.R, "lora.r"
+		if pr, ok := cfg.RankPattern[m.Path]; ok {
+			r, key = pr, "lora.rank_pattern"
 		}
-		p := &Pair{Module: m, A: make([]float32, cfg.R*m.In), B: make([]float32, m.Out*cfg.R)}
+		if r < 1 {
+			return nil, fmt.Errorf("%s: rank %d of %s; want at least 1", key, r, m.Path)
+		}
+		if r > min(m.In, m.Out) {
+			return nil, fmt.Errorf("%s %d is larger than min(in, out) = %d of %s (%d×%d); choose r ≤ %d",
+				key, r, min(m.In, m.Out), m.Path, m.Out, m.In, min(m.In, m.Out))
+		}
+		p := &Pair{Module: m, A: make([]float32, r*m.In), B: make([]float32, m.Out*r), R: r}
 		switch init {
 		case InitDefault, "":
 			// kaiming_uniform_(a=√5): gain √(2/(1+5)), bound = gain·√(3/fan_in) = 1/√fan_in.
@@ -73,12 +156,14 @@ func New(cfg Config, mods []Module, init Init, rng *rand.Rand) (*Adapter, error)
 				p.A[i] = float32((2*rng.Float64() - 1) * bound)
 			}
 		case InitGaussian:
-			std := 1 / float64(cfg.R)
+			std := 1 / float64(r)
 			for i := range p.A {
 				p.A[i] = float32(rng.NormFloat64() * std)
 			}
+		case InitOrthogonal:
+			orthogonalRows(p.A, r, m.In, rng)
 		default:
-			return nil, fmt.Errorf("lora: unknown init %q (want default or gaussian)", init)
+			return nil, fmt.Errorf("lora: unknown init %q (want default, gaussian or orthogonal)", init)
 		}
 		a.Pairs = append(a.Pairs, p)
 	}
@@ -87,8 +172,8 @@ func New(cfg Config, mods []Module, init Init, rng *rand.Rand) (*Adapter, error)
 
 // Delta returns s·B·A for one pair, laid out like the module's weight (out, in).
 func (a *Adapter) Delta(p *Pair) []float32 {
-	r, in, out := a.Config.R, p.Module.In, p.Module.Out
-	s := a.Config.Scale()
+	r, in, out := a.RankOf(p), p.Module.In, p.Module.Out
+	s := a.ScaleOf(p)
 	d := make([]float32, out*in) // (out, in)
 	for o := 0; o < out; o++ {
 		row := d[o*in : (o+1)*in]
@@ -150,4 +235,24 @@ func (a *Adapter) sortPairs() {
 		}
 		return rank[mi.Name] < rank[mj.Name]
 	})
+}
+
+// orthogonalRows fills a (r, in), r ≤ in, with orthonormal rows: the Q factor of a Gaussian
+// (in, r) matrix, with the signs fixed by R's diagonal so that the distribution is uniform
+// (Haar) over such frames.
+func orthogonalRows(a []float32, r, in int, rng *rand.Rand) {
+	g := make([]float64, in*r) // (in, r)
+	for i := range g {
+		g[i] = rng.NormFloat64()
+	}
+	q, rr, _ := linalg.QR(g, in, r) // q (in, r), rr (r, r)
+	for k := 0; k < r; k++ {
+		sign := 1.0
+		if rr[k*r+k] < 0 {
+			sign = -1
+		}
+		for i := 0; i < in; i++ {
+			a[k*in+i] = float32(sign * q[i*r+k])
+		}
+	}
 }

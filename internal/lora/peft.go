@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/loractl/loractl/internal/atomicfile"
 	"github.com/loractl/loractl/internal/safetensors"
@@ -41,6 +42,60 @@ type peftConfig struct {
 	LayersToTransform []int   `json:"layers_to_transform"`
 	InitLoraWeights   bool    `json:"init_lora_weights"`
 	ModulesToSave     []any   `json:"modules_to_save"`
+	// Per-module ranks and alphas (PEFT ≥ 0.6), written only when some module differs from r.
+	// Keys are "layers.N.<part>.<name>", which every PEFT version's pattern match finds.
+	RankPattern  map[string]int     `json:"rank_pattern,omitempty"`
+	AlphaPattern map[string]float64 `json:"alpha_pattern,omitempty"`
+}
+
+// Safetensors header metadata keys of loractl's own (PEFT ignores them).
+const (
+	MethodKey = "loractl.method" // the LoRA variant that trained the adapter
+	RMinKey   = "loractl.r_min"  // DyLoRA's smallest trained rank
+)
+
+// patternKey is the rank_pattern / alpha_pattern key of a module path.
+func patternKey(path string) string { return strings.TrimPrefix(path, "model.") }
+
+// ResolvePattern maps a PEFT pattern map (rank_pattern, alpha_pattern) onto module paths:
+// each module that some pattern matches gets that pattern's value, as PEFT matches them.
+// A pattern that matches no module is an error naming it.
+func ResolvePattern[V any](pat map[string]V, mods []Module, key string) (map[string]V, error) {
+	out := map[string]V{}
+	used := map[string]bool{}
+	for _, m := range mods {
+		if v, ok := patternLookup(pat, m.Path); ok {
+			out[m.Path] = v
+			for k := range pat {
+				if re, err := regexp.Compile(`^(?:.*\.)?(?:` + k + `)$`); err == nil && re.MatchString(m.Path) {
+					used[k] = true
+				}
+			}
+		}
+	}
+	for k := range pat {
+		if !used[k] {
+			return nil, fmt.Errorf("%s: %q matches no adapted module; patterns match a dot-separated suffix of a path such as %s (e.g. down_proj or layers.0.self_attn.q_proj)", key, k, mods[0].Path)
+		}
+	}
+	return out, nil
+}
+
+// patternLookup finds path's entry in a PEFT pattern map as PEFT matches it: the key is a
+// regular expression that must match a dot-separated suffix of the path.
+func patternLookup[V any](pat map[string]V, path string) (V, bool) {
+	keys := make([]string, 0, len(pat))
+	for k := range pat {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if re, err := regexp.Compile(`^(?:.*\.)?(?:` + k + `)$`); err == nil && re.MatchString(path) {
+			return pat[k], true
+		}
+	}
+	var zero V
+	return zero, false
 }
 
 // Save writes the adapter to dir in the exact PEFT layout: adapter_model.safetensors with
@@ -52,12 +107,19 @@ func (a *Adapter) Save(dir string) error {
 		return fmt.Errorf("adapter folder %s: %w", dir, err)
 	}
 	a.sortPairs()
-	r := a.Config.R
 	var ts []safetensors.Tensor
 	var mods []Module
+	rankPat, alphaPat := map[string]int{}, map[string]float64{}
 	for _, p := range a.Pairs {
 		m := p.Module
 		mods = append(mods, m)
+		r := a.RankOf(p)
+		if r != a.Config.R {
+			rankPat[patternKey(m.Path)] = r
+		}
+		if al := a.AlphaOf(p); al != a.Config.Alpha {
+			alphaPat[patternKey(m.Path)] = al
+		}
 		for _, t := range []struct {
 			suffix string
 			data   []float32
@@ -74,13 +136,25 @@ func (a *Adapter) Save(dir string) error {
 	if a.Config.Fingerprint != "" {
 		meta[FingerprintKey] = a.Config.Fingerprint
 	}
+	if a.Config.Method != "" && a.Config.Method != "lora" {
+		meta[MethodKey] = a.Config.Method
+	}
+	if a.Config.RMin > 0 {
+		meta[RMinKey] = strconv.Itoa(a.Config.RMin)
+	}
 	if err := safetensors.Write(filepath.Join(dir, WeightsFile), ts, meta); err != nil {
 		return err
 	}
 	cfg := peftConfig{
-		PeftType: "LORA", TaskType: "CAUSAL_LM", R: r, LoraAlpha: a.Config.Alpha, LoraDropout: a.Config.Dropout,
+		PeftType: "LORA", TaskType: "CAUSAL_LM", R: a.Config.R, LoraAlpha: a.Config.Alpha, LoraDropout: a.Config.Dropout,
 		TargetModules: shortNames(mods), UseRSLoRA: a.Config.RSLoRA, Bias: "none", BaseModel: a.Config.Base,
 		InferenceMode: true, LayersToTransform: a.Config.Layers, InitLoraWeights: true,
+	}
+	if len(rankPat) > 0 {
+		cfg.RankPattern = rankPat
+	}
+	if len(alphaPat) > 0 {
+		cfg.AlphaPattern = alphaPat
 	}
 	js, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
@@ -125,11 +199,6 @@ func Load(dir string) (*Adapter, error) {
 	if v, ok := extra["use_dora"].(bool); ok && v {
 		return nil, fmt.Errorf("%s: DoRA adapters (use_dora) are not supported yet", cfgPath)
 	}
-	for _, k := range []string{"rank_pattern", "alpha_pattern"} {
-		if m, ok := extra[k].(map[string]any); ok && len(m) > 0 {
-			return nil, fmt.Errorf("%s: per-module %s is not supported yet", cfgPath, k)
-		}
-	}
 
 	wPath := filepath.Join(dir, WeightsFile)
 	f, err := safetensors.Open(wPath)
@@ -138,7 +207,13 @@ func Load(dir string) (*Adapter, error) {
 	}
 	defer f.Close()
 	a := &Adapter{Config: Config{R: cfg.R, Alpha: cfg.LoraAlpha, Dropout: cfg.LoraDropout, RSLoRA: cfg.UseRSLoRA,
-		Layers: cfg.LayersToTransform, Base: cfg.BaseModel, Fingerprint: f.Metadata()[FingerprintKey]}}
+		Layers: cfg.LayersToTransform, Base: cfg.BaseModel, Fingerprint: f.Metadata()[FingerprintKey],
+		Method: f.Metadata()[MethodKey]}}
+	if v := f.Metadata()[RMinKey]; v != "" {
+		if a.Config.RMin, err = strconv.Atoi(v); err != nil || a.Config.RMin < 1 {
+			return nil, fmt.Errorf("%s: metadata %s = %q is not a positive rank", wPath, RMinKey, v)
+		}
+	}
 	pairs := map[string]*Pair{}
 	for _, info := range f.Tensors() {
 		m := tensorName.FindStringSubmatch(info.Name)
@@ -160,19 +235,29 @@ func Load(dir string) (*Adapter, error) {
 		p := pairs[path]
 		if p == nil {
 			layer, _ := strconv.Atoi(lm[1])
-			p = &Pair{Module: Module{Path: path, Layer: layer, Name: lm[3]}}
+			p = &Pair{Module: Module{Path: path, Layer: layer, Name: lm[3]}, R: cfg.R}
+			if pr, ok := patternLookup(cfg.RankPattern, path); ok {
+				p.R = pr
+			}
+			if pa, ok := patternLookup(cfg.AlphaPattern, path); ok {
+				p.Alpha = pa
+			}
 			pairs[path] = p
 		}
+		rdim := 0
 		if which == "A" {
-			if info.Shape[0] != cfg.R {
-				return nil, fmt.Errorf("%s: %s has shape %v but r is %d", wPath, info.Name, info.Shape, cfg.R)
-			}
+			rdim = info.Shape[0]
 			p.A, p.Module.In = vals, info.Shape[1]
 		} else {
-			if info.Shape[1] != cfg.R {
-				return nil, fmt.Errorf("%s: %s has shape %v but r is %d", wPath, info.Name, info.Shape, cfg.R)
-			}
+			rdim = info.Shape[1]
 			p.B, p.Module.Out = vals, info.Shape[0]
+		}
+		if rdim != p.R {
+			src := "r"
+			if _, ok := patternLookup(cfg.RankPattern, path); ok {
+				src = "its rank_pattern entry"
+			}
+			return nil, fmt.Errorf("%s: %s has shape %v but %s is %d", wPath, info.Name, info.Shape, src, p.R)
 		}
 	}
 	paths := make([]string, 0, len(pairs))

@@ -119,8 +119,8 @@ func exactDelta(adapters []*lora.Adapter, weights []float64, name string) []floa
 			if d == nil {
 				d = make([]float64, p.Module.Out*p.Module.In)
 			}
-			c := weights[ai] * paperScale(a.Config)
-			r, in := a.Config.R, p.Module.In
+			c := weights[ai] * paperScale(a, p)
+			r, in := a.RankOf(p), p.Module.In
 			for o := 0; o < p.Module.Out; o++ {
 				for k := 0; k < r; k++ {
 					b := c * float64(p.B[o*r+k])

@@ -69,6 +69,9 @@ type Options struct {
 	Method       Method  // empty: linear
 	Density      float64 // ties, dare_*: the fraction of each update that is kept
 	Rank         int     // svd: the rank of the result; 0: the largest adapter rank
+	// Truncate keeps the leading Truncate ranks of every adapter before merging (DyLoRA's
+	// nested sub-adapters, `merge --rank k` of a method other than svd); 0: all ranks.
+	Truncate int
 	Seed         uint64  // dare_*: the drop masks' seed
 	DType        string  // f32, bf16 or f16; empty: the base's dtype
 	MaxShardSize int64   // bytes per safetensors shard; 0: DefaultMaxShardSize
@@ -321,12 +324,13 @@ func (mg *merger) baseShape(name string) ([]int, bool, bool) {
 	return info.Shape, info.DType.IsFloat(), ok
 }
 
-// paperScale returns s = alpha/r (alpha/√r with rsLoRA) in float64.
-func paperScale(c lora.Config) float64 {
-	if c.RSLoRA {
-		return c.Alpha / math.Sqrt(float64(c.R))
+// paperScale returns s = alpha/r (alpha/√r with rsLoRA) of one pair, in float64.
+func paperScale(a *lora.Adapter, p *lora.Pair) float64 {
+	alpha, r := a.AlphaOf(p), float64(a.RankOf(p))
+	if a.Config.RSLoRA {
+		return alpha / math.Sqrt(r)
 	}
-	return c.Alpha / float64(c.R)
+	return alpha / r
 }
 
 // loadAdapters reads and checks every adapter and groups their updates by weight.
@@ -338,8 +342,17 @@ func (mg *merger) loadAdapters() error {
 			return err
 		}
 		file := filepath.Join(spec.Dir, lora.WeightsFile)
-		s := paperScale(a.Config)
+		if k := mg.opt.Truncate; k > 0 {
+			if a.Config.Method != "dylora" {
+				return fmt.Errorf("%s: --rank %d with --method %s truncates a DyLoRA adapter, but this one was not trained with lora.method dylora (its leading ranks were not trained to work alone); drop --rank, or use --method svd --rank %d for the best rank-%d merge", spec.Dir, k, mg.opt.Method, k, k)
+			}
+			if err := a.Truncate(k); err != nil {
+				return fmt.Errorf("%s: --rank: %w", spec.Dir, err)
+			}
+		}
+		s := paperScale(a, a.Pairs[0])
 		for _, p := range a.Pairs {
+			s := paperScale(a, p)
 			w := p.Module.Weight()
 			shape, isFloat, ok := mg.baseShape(w)
 			if !ok {
@@ -355,20 +368,20 @@ func (mg *merger) loadAdapters() error {
 				which string
 				v     []float32
 				shape []int
-			}{{"lora_A", p.A, []int{a.Config.R, p.Module.In}}, {"lora_B", p.B, []int{p.Module.Out, a.Config.R}}} {
+			}{{"lora_A", p.A, []int{a.RankOf(p), p.Module.In}}, {"lora_B", p.B, []int{p.Module.Out, a.RankOf(p)}}} {
 				if j := firstNonFinite32(f.v); j >= 0 {
 					return fmt.Errorf("%s: tensor base_model.model.%s.%s.weight holds %v at %s; the adapter is corrupt (its training diverged?): retrain it or drop it from the merge",
 						file, p.Module.Path, f.which, f.v[j], describeIndex(j, f.shape))
 				}
 			}
-			mg.terms[w] = append(mg.terms[w], term{adapter: i, r: a.Config.R, a: p.A, b: p.B, c: spec.Weight * s})
+			mg.terms[w] = append(mg.terms[w], term{adapter: i, r: a.RankOf(p), a: p.A, b: p.B, c: spec.Weight * s})
 			mg.sum.AdapterBytes += int64(4 * (len(p.A) + len(p.B)))
 		}
 		if mg.opt.Method == Cat && i > 0 && a.Config.R != mg.sum.Adapters[0].Rank {
 			return fmt.Errorf("merge: --method cat needs adapters of one rank, but %s has r=%d and %s has r=%d; use --method linear (the same dense weights for any ranks) or svd",
 				mg.sum.Adapters[0].Dir, mg.sum.Adapters[0].Rank, spec.Dir, a.Config.R)
 		}
-		maxRank = max(maxRank, a.Config.R)
+		maxRank = max(maxRank, a.MaxRank())
 		mg.sum.Adapters = append(mg.sum.Adapters, AdapterSummary{Dir: spec.Dir, Weight: spec.Weight, Rank: a.Config.R, Scale: s, Modules: len(a.Pairs)})
 	}
 	mg.rank = mg.opt.Rank

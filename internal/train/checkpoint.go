@@ -61,12 +61,28 @@ type compat struct {
 	QuantGroup  int    `json:"quant_group,omitempty"`
 	DoubleQuant bool   `json:"double_quant,omitempty"`
 	LoftQIter   int    `json:"loftq_iter,omitempty"` // lora.init loftq only
+	// The LoRA variants' keys (issue #7): the adapter's shape and how it trains.
+	RankPattern   map[string]int `json:"rank_pattern,omitempty"`
+	RankSchedule  string         `json:"rank_schedule,omitempty"`
+	RMin          int            `json:"r_min,omitempty"`
+	RMax          int            `json:"r_max,omitempty"`
+	FreezeA       bool           `json:"freeze_a,omitempty"`
+	InitA         string         `json:"init_a,omitempty"`
+	LoRAPlusRatio float64        `json:"lora_plus_ratio,omitempty"`
 }
 
 func compatOf(c *config.Train) compat {
 	k := compat{Method: c.LoRA.Method, R: c.LoRA.R, Alpha: c.LoRA.Alpha, RSLoRA: c.LoRA.RSLoRA, Targets: c.LoRA.Targets,
 		Layers: c.LoRA.Layers, Seed: c.Train.Seed, BatchSize: c.Train.BatchSize, GradAccum: c.Train.GradAccum,
-		SeqLen: c.Data.SeqLen, Packing: c.Data.Packing}
+		SeqLen: c.Data.SeqLen, Packing: c.Data.Packing,
+		RankPattern: c.LoRA.RankPattern, RMin: c.LoRA.RMin, RMax: c.LoRA.RMax, FreezeA: c.LoRA.FreezeA,
+		LoRAPlusRatio: c.LoRA.LoRAPlusRatio}
+	if c.LoRA.RankSchedule != "none" {
+		k.RankSchedule = c.LoRA.RankSchedule
+	}
+	if c.LoRA.InitA != "default" {
+		k.InitA = c.LoRA.InitA
+	}
 	if c.Model.Quantize != "none" {
 		k.Quantize, k.QuantGroup, k.DoubleQuant = c.Model.Quantize, c.Model.GroupSize, c.Model.DoubleQuant
 		if c.LoRA.Init == "loftq" {

@@ -105,7 +105,7 @@ func (j *job) setup() error {
 	// LoRA leaves the base frozen: with model.dtype auto, BF16 checkpoints stay BF16 in memory
 	// (half the bytes, the same results as widening them); bf16 rounds F32 ones too. Full
 	// fine-tuning trains fp32 copies.
-	isLoRA := c.LoRA.Method == "lora"
+	isLoRA := c.LoRA.Method != "full"
 	if !isLoRA && c.Model.DType == "bf16" {
 		return errors.New("model.dtype bf16 stores frozen weights, but lora.method full trains them in f32; set model.dtype: auto (or f32)")
 	}
@@ -175,19 +175,21 @@ func (j *job) setup() error {
 
 	// Adapter (or none for full fine-tuning) and engine.
 	var a *lora.Adapter
-	if c.LoRA.Method == "lora" {
+	method := engine.MethodFull
+	if isLoRA {
+		method = engine.MethodLoRA
 		if a, err = j.newQAdapter(); err != nil {
 			return err
 		}
 	}
-	j.eng, err = engine.New(j.m, a, engine.Options{Method: c.LoRA.Method, Dropout: c.LoRA.Dropout,
-		Seed: c.Train.Seed, GradCheckpointing: c.Train.GradCheckpointing})
+	j.eng, err = engine.New(j.m, a, engine.Options{Method: method, Dropout: c.LoRA.Dropout,
+		Seed: c.Train.Seed, GradCheckpointing: c.Train.GradCheckpointing, FreezeA: c.LoRA.FreezeA})
 	if err != nil {
 		return err
 	}
 	adam := optim.DefaultAdamW()
 	adam.WeightDecay = c.Train.WeightDecay
-	if j.adamw, err = optim.NewAdamW(adam, []optim.Group{{Params: j.eng.Params(), LRScale: 1}}); err != nil {
+	if j.adamw, err = optim.NewAdamW(adam, paramGroups(c, j.eng.Params())); err != nil {
 		return err
 	}
 	warmup := min(c.Train.Warmup, c.Train.MaxSteps)
@@ -210,9 +212,16 @@ func (j *job) newAdapter() (*lora.Adapter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", mc.Path, err)
 	}
+	lc, err := adapterConfig(c, mc, mods)
+	if err != nil {
+		return nil, err
+	}
+	init := lora.Init(c.LoRA.Init)
+	if c.LoRA.InitA == "orthogonal" {
+		init = lora.InitOrthogonal
+	}
 	rng := rand.New(rand.NewPCG(c.Train.Seed, 0x10a))
-	return lora.New(lora.Config{R: c.LoRA.R, Alpha: c.LoRA.Alpha, Dropout: c.LoRA.Dropout, RSLoRA: c.LoRA.RSLoRA,
-		Layers: c.LoRA.Layers, Base: c.Model.Path, Fingerprint: lora.Fingerprint(mc)}, mods, lora.Init(c.LoRA.Init), rng)
+	return lora.New(lc, mods, init, rng)
 }
 
 // dryRun prints the resolved configuration and the plan.
@@ -229,7 +238,7 @@ func (j *job) dryRun() error {
 	fmt.Fprintf(j.log, "model: %s (%s, %d layers, hidden %d), %d parameters\n", c.Model.Path, mc.ModelType, mc.NumHiddenLayers, mc.HiddenSize, total)
 	fmt.Fprintf(j.log, "trainable: %d parameters (%.3f%% of the base)\n", n, 100*float64(n)/float64(total))
 	if a := j.eng.Adapter(); a != nil {
-		fmt.Fprintf(j.log, "adapters: %d modules, r %d, scale %g\n", len(a.Pairs), a.Config.R, a.Config.Scale())
+		j.describeAdapter(a)
 	}
 	p := j.eng.MemoryPlan(c.Train.BatchSize, c.Data.SeqLen)
 	fmt.Fprintf(j.log, "memory plan (batch %d × %d tokens):\n", c.Train.BatchSize, c.Data.SeqLen)
@@ -312,6 +321,9 @@ func (j *job) loop(ctx context.Context) (*Result, error) {
 			return res, fmt.Errorf("%w at step %d; checkpoint written to %s; continue with --resume %s", ErrInterrupted, step, path, path)
 		}
 		t0 := time.Now()
+		if err := j.beforeStep(step); err != nil {
+			return res, err
+		}
 		loss, norm, ntok, err := j.step()
 		if err != nil {
 			return res, err
@@ -406,6 +418,9 @@ func (j *job) step() (loss, norm float64, ntok int, err error) {
 
 // evaluate returns the mean loss over the eval batches.
 func (j *job) evaluate() (float64, error) {
+	if err := j.beforeEval(); err != nil {
+		return 0, err
+	}
 	var sum float64
 	n := 0
 	for _, b := range j.evalSet {
