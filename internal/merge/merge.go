@@ -63,19 +63,19 @@ type AdapterSpec struct {
 
 // Options describe one merge.
 type Options struct {
-	Base         string
-	Adapters     []AdapterSpec
-	Out          string
-	Method       Method  // empty: linear
-	Density      float64 // ties, dare_*: the fraction of each update that is kept
-	Rank         int     // svd: the rank of the result; 0: the largest adapter rank
+	Base     string
+	Adapters []AdapterSpec
+	Out      string
+	Method   Method  // empty: linear
+	Density  float64 // ties, dare_*: the fraction of each update that is kept
+	Rank     int     // svd: the rank of the result; 0: the largest adapter rank
 	// Truncate keeps the leading Truncate ranks of every adapter before merging (DyLoRA's
 	// nested sub-adapters, `merge --rank k` of a method other than svd); 0: all ranks.
-	Truncate int
-	Seed         uint64  // dare_*: the drop masks' seed
-	DType        string  // f32, bf16 or f16; empty: the base's dtype
-	MaxShardSize int64   // bytes per safetensors shard; 0: DefaultMaxShardSize
-	Overwrite    bool    // replace an existing Out
+	Truncate     int
+	Seed         uint64 // dare_*: the drop masks' seed
+	DType        string // f32, bf16 or f16; empty: the base's dtype
+	MaxShardSize int64  // bytes per safetensors shard; 0: DefaultMaxShardSize
+	Overwrite    bool   // replace an existing Out
 	Log          io.Writer
 
 	// create opens a new output file; tests replace it to inject write failures.

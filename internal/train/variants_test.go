@@ -21,7 +21,9 @@ var variants = []struct {
 	{"lora+", func(c *config.Train) { c.LoRA.LoRAPlusRatio, c.Train.LR = 16, 1e-3 }}, // B at 1.6e-2
 	{"freeze_a orthogonal", func(c *config.Train) { c.LoRA.FreezeA, c.LoRA.InitA = true, "orthogonal" }},
 	{"rank_schedule linear", func(c *config.Train) { c.LoRA.RankSchedule, c.LoRA.RMin, c.LoRA.RMax = "linear", 1, 6 }},
-	{"rank_pattern", func(c *config.Train) { c.LoRA.RankPattern = map[string]int{"down_proj": 2, "layers.4.self_attn.q_proj": 8} }},
+	{"rank_pattern", func(c *config.Train) {
+		c.LoRA.RankPattern = map[string]int{"down_proj": 2, "layers.4.self_attn.q_proj": 8}
+	}},
 	{"dylora", func(c *config.Train) { c.LoRA.Method, c.LoRA.RMin, c.LoRA.RMax = "dylora", 1, 6 }},
 }
 
