@@ -51,6 +51,18 @@ type Options struct {
 	// FreezeA keeps every LoRA A at its initial value (LoRA-FA): A gets no gradient and is not a
 	// parameter, and a Linear input that only dA would read is not kept for backward.
 	FreezeA bool
+	// Composer, when set, owns the trainable parameters: the adapter's A and B are effective
+	// factors it composes from them on the host (LoRA variants, package variant). Params
+	// returns its parameters, SyncParams composes and uploads, SyncGrads downloads dA', dB'
+	// and hands them to its Backward.
+	Composer Composer
+}
+
+// Composer is a LoRA variant whose parameters map to the adapter's effective factors.
+type Composer interface {
+	Params() []optim.Param             // the trained parameters, with their gradients
+	Compose()                          // parameters → the adapter's A and B
+	Backward(dA, dB [][]float32) error // ∂L/∂A', ∂L/∂B' per pair → parameter gradients (adds)
 }
 
 // Batch is one micro-batch of B rows of T tokens. Every slice is (B·T) row-major.
@@ -122,6 +134,8 @@ type Engine struct {
 	// device copies of A and B are zero beyond them) at the scale of rank limit; 0: all.
 	limit int
 	lls   []*loraLinear // the adapted Linears, in adapter order
+	// With a Composer: host copies of every pair's dA' (r, in) and dB' (out, r), in order.
+	effDA, effDB [][]float32
 
 	embed, norm, lmHead backend.Buffer // (V, C), (C), (V, C) (lmHead = embed when tied)
 	dEmbed, dNorm, dLM  backend.Buffer // gradients or nil (dLM = dEmbed when tied)
@@ -304,6 +318,9 @@ func (e *Engine) setupFull() error {
 // setupLoRA uploads the adapter's A and B and attaches them to their Linears.
 func (e *Engine) setupLoRA(a *lora.Adapter) error {
 	e.ad = a
+	if e.opt.Composer != nil && e.opt.FreezeA {
+		return errors.New("engine: a composed variant trains its own parameters; it takes no FreezeA")
+	}
 	for _, p := range a.Pairs {
 		md := p.Module
 		if md.Layer < 0 || md.Layer >= len(e.blocks) {
@@ -329,6 +346,10 @@ func (e *Engine) setupLoRA(a *lora.Adapter) error {
 		}
 		lin.lora = ll
 		e.lls = append(e.lls, ll)
+		if e.opt.Composer != nil {
+			e.effDA, e.effDB = append(e.effDA, make([]float32, len(p.A))), append(e.effDB, make([]float32, len(p.B)))
+			continue // uploaded by SyncParams below; the composer's parameters are the params
+		}
 		for _, t := range []struct {
 			suffix    string
 			data      []float32
@@ -345,6 +366,12 @@ func (e *Engine) setupLoRA(a *lora.Adapter) error {
 				buf:  t.buf, grad: t.grad,
 			})
 		}
+	}
+	if c := e.opt.Composer; c != nil {
+		for _, p := range c.Params() {
+			e.params = append(e.params, param{host: p}) // host only: no device copy
+		}
+		return e.SyncParams()
 	}
 	return nil
 }
@@ -409,13 +436,32 @@ func (e *Engine) Params() []optim.Param {
 // ZeroGrads zeroes the device gradients and their host copies.
 func (e *Engine) ZeroGrads() {
 	for _, p := range e.params {
-		e.be.Zero(p.grad, p.grad.Len())
+		if p.grad != nil {
+			e.be.Zero(p.grad, p.grad.Len())
+		}
 		clear(p.host.Grad)
+	}
+	if e.opt.Composer != nil {
+		for _, ll := range e.lls {
+			e.be.Zero(ll.da, ll.da.Len())
+			e.be.Zero(ll.db, ll.db.Len())
+		}
 	}
 }
 
 // SyncGrads copies the device gradients into Params()[i].Grad.
 func (e *Engine) SyncGrads() error {
+	if c := e.opt.Composer; c != nil {
+		for i, ll := range e.lls {
+			if err := e.be.Download(e.effDA[i], ll.da); err != nil {
+				return fmt.Errorf("engine: download the gradient of %s.lora_A: %w", ll.pair.Module.Path, err)
+			}
+			if err := e.be.Download(e.effDB[i], ll.db); err != nil {
+				return fmt.Errorf("engine: download the gradient of %s.lora_B: %w", ll.pair.Module.Path, err)
+			}
+		}
+		return c.Backward(e.effDA, e.effDB)
+	}
 	for _, p := range e.params {
 		if err := e.be.Download(p.host.Grad, p.grad); err != nil {
 			return fmt.Errorf("engine: download the gradient of %s: %w", p.host.Name, err)
@@ -427,6 +473,18 @@ func (e *Engine) SyncGrads() error {
 // SyncParams uploads Params()[i].Data to the device, after an optimizer step. For full
 // fine-tuning this updates the model's own weights.
 func (e *Engine) SyncParams() error {
+	if e.opt.Composer != nil {
+		e.opt.Composer.Compose()
+		for _, ll := range e.lls {
+			if err := e.be.Upload(ll.a, ll.pair.A); err != nil {
+				return fmt.Errorf("engine: upload %s.lora_A: %w", ll.pair.Module.Path, err)
+			}
+			if err := e.be.Upload(ll.b, ll.pair.B); err != nil {
+				return fmt.Errorf("engine: upload %s.lora_B: %w", ll.pair.Module.Path, err)
+			}
+		}
+		return nil
+	}
 	if e.limit > 0 {
 		return e.uploadLimited()
 	}

@@ -1,0 +1,146 @@
+package variant
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/loractl/loractl/internal/lora"
+	"github.com/loractl/loractl/internal/optim"
+)
+
+// sora is SoRA (Ding et al. 2023): a gate g (r) between A and B, ΔW = s·B·diag(g)·A. A and B
+// train with AdamW; g by a proximal gradient step with L1 strength λ after every optimizer
+// step, g ← sign(g')·max(|g'| − η·λ, 0) with g' = g − η·∂L/∂g and η the step's learning rate,
+// so that ranks whose gate reaches zero drop out (and are removed when saving).
+type sora struct {
+	a      *lora.Adapter
+	A, B   [][]float32 // per pair: (r, in), (out, r)
+	g, dg  [][]float32 // per pair: gate (r) and its gradient
+	dA, dB [][]float32
+	params []optim.Param
+	lambda float64
+}
+
+// NewSoRA makes a SoRA method from a freshly initialised adapter a (its A and B are the
+// starting A and B; the gates start at 1).
+func NewSoRA(a *lora.Adapter, o Options) (Method, error) {
+	if o.SoraLambda < 0 {
+		return nil, fmt.Errorf("lora.sora_lambda must not be negative, got %g", o.SoraLambda)
+	}
+	s := &sora{a: a, lambda: o.SoraLambda}
+	for _, p := range a.Pairs {
+		A, B := append([]float32(nil), p.A...), append([]float32(nil), p.B...)
+		g := make([]float32, a.RankOf(p))
+		fill(g, 1)
+		pa, pb := paramOf(p.Module.Path+".lora_A.weight", A), paramOf(p.Module.Path+".lora_B.weight", B)
+		s.A, s.B, s.g = append(s.A, A), append(s.B, B), append(s.g, g)
+		s.dA, s.dB, s.dg = append(s.dA, pa.Grad), append(s.dB, pb.Grad), append(s.dg, make([]float32, len(g)))
+		s.params = append(s.params, pa, pb)
+	}
+	s.Compose()
+	return s, nil
+}
+
+func (s *sora) Name() string           { return "sora" }
+func (s *sora) Adapter() *lora.Adapter { return s.a }
+func (s *sora) Params() []optim.Param  { return s.params }
+
+// Gates returns the gate vectors, per pair.
+func (s *sora) Gates() [][]float32 { return s.g }
+
+// Compose: A' = diag(g)·A, B' = B.
+func (s *sora) Compose() {
+	for i, p := range s.a.Pairs {
+		in := p.Module.In
+		for k, gk := range s.g[i] {
+			src, dst := s.A[i][k*in:(k+1)*in], p.A[k*in:(k+1)*in]
+			for c, v := range src {
+				dst[c] = gk * v
+			}
+		}
+		copy(p.B, s.B[i])
+	}
+}
+
+// Backward: dA = diag(g)·dA', dg_k = Σ_c dA'_kc·A_kc, dB = dB'.
+func (s *sora) Backward(dA, dB [][]float32) error {
+	if err := checkGrads(s.a, dA, dB); err != nil {
+		return err
+	}
+	for i, p := range s.a.Pairs {
+		in := p.Module.In
+		clear(s.dg[i])
+		for k, gk := range s.g[i] {
+			a, da, out := s.A[i][k*in:(k+1)*in], dA[i][k*in:(k+1)*in], s.dA[i][k*in:(k+1)*in]
+			var sum float64
+			for c, v := range da {
+				sum += float64(v) * float64(a[c])
+				out[c] += gk * v
+			}
+			s.dg[i][k] += float32(sum)
+		}
+		for j, v := range dB[i] {
+			s.dB[i][j] += v
+		}
+	}
+	return nil
+}
+
+// AfterStep is the gate's proximal step.
+func (s *sora) AfterStep(step int, lr float64) {
+	t := lr * s.lambda
+	for i := range s.g {
+		for k, g := range s.g[i] {
+			v := float64(g) - lr*float64(s.dg[i][k])
+			s.g[i][k] = float32(math.Copysign(math.Max(math.Abs(v)-t, 0), v))
+		}
+	}
+}
+
+func (s *sora) State() map[string][]float32 {
+	extra := map[string][]float32{}
+	for i, p := range s.a.Pairs {
+		extra[p.Module.Path+".sora_gate"] = s.g[i]
+	}
+	return stateOf(s.params, extra)
+}
+
+func (s *sora) SetState(st map[string][]float32) error {
+	if err := setState(st, s.State()); err != nil {
+		return err
+	}
+	s.Compose()
+	return nil
+}
+
+// Final removes the ranks whose gate is zero; the gate stays folded into A.
+func (s *sora) Final() *lora.Adapter {
+	keep := make([][]bool, len(s.g))
+	scale := make([]float64, len(s.g))
+	for i, p := range s.a.Pairs {
+		keep[i] = make([]bool, len(s.g[i]))
+		for k, g := range s.g[i] {
+			keep[i][k] = g != 0
+		}
+		scale[i] = float64(s.a.ScaleOf(p))
+	}
+	out, _ := pruned(s.a, keep, scale)
+	return out
+}
+
+// EffectiveRanks returns the number of non-zero gates per pair.
+func (s *sora) EffectiveRanks() []int {
+	out := make([]int, len(s.g))
+	for i := range s.g {
+		for _, g := range s.g[i] {
+			if g != 0 {
+				out[i]++
+			}
+		}
+	}
+	return out
+}
+
+func (s *sora) Describe() string {
+	return fmt.Sprintf("sora: LoRA A, B (AdamW) with a gate g (r) per module between them, updated by a proximal L1 step (λ = %g, η = lr) after each optimizer step; zero gates are removed at save", s.lambda)
+}
