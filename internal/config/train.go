@@ -75,6 +75,33 @@ type LoRASection struct {
 	InitA string `mapstructure:"init_a" yaml:"init_a"`
 	// LoRAPlusRatio λ > 0 trains B with learning rate λ·lr and A with lr (LoRA+); 0: off.
 	LoRAPlusRatio float64 `mapstructure:"lora_plus_ratio" yaml:"lora_plus_ratio"`
+	// DInitial is VeRA's starting d (PEFT's d_initial).
+	DInitial float64 `mapstructure:"d_initial" yaml:"d_initial"`
+	// NolaK is NOLA's number of random bases per factor.
+	NolaK int `mapstructure:"nola_k" yaml:"nola_k"`
+	// SoraLambda is SoRA's L1 strength in the gate's proximal step.
+	SoraLambda float64 `mapstructure:"sora_lambda" yaml:"sora_lambda"`
+	// AdaLoRA: the starting and target rank per module (init_r 0: lora.r), the steps before
+	// pruning starts (tinit) and after it ends (tfinal), the steps between maskings (delta_t),
+	// the importance EMAs and the orthogonality regulariser's weight.
+	InitR      int     `mapstructure:"init_r" yaml:"init_r"`
+	TargetR    int     `mapstructure:"target_r" yaml:"target_r"`
+	TInit      int     `mapstructure:"tinit" yaml:"tinit"`
+	TFinal     int     `mapstructure:"tfinal" yaml:"tfinal"`
+	DeltaT     int     `mapstructure:"delta_t" yaml:"delta_t"`
+	Beta1      float64 `mapstructure:"beta1" yaml:"beta1"`
+	Beta2      float64 `mapstructure:"beta2" yaml:"beta2"`
+	OrthWeight float64 `mapstructure:"orth_reg_weight" yaml:"orth_reg_weight"`
+}
+
+// Composed reports whether lora.method composes its factors from parameters of its own on
+// the host (package variant).
+func (l LoRASection) Composed() bool {
+	switch l.Method {
+	case "vera", "tied", "nola", "sora", "adalora":
+		return true
+	}
+	return false
 }
 
 // mapKeys are the config keys whose value is a mapping with free keys (module patterns, which
@@ -111,7 +138,9 @@ func DefaultTrain() Train {
 		Model: ModelSection{DType: "auto", Quantize: "none", GroupSize: 64},
 		Data:  DataSection{EvalFraction: 0.05, Format: "auto", SeqLen: 256, Packing: true},
 		LoRA: LoRASection{Method: "lora", R: 8, Alpha: 16, Targets: []string{"q_proj", "v_proj"},
-			Init: "default", LoftQIter: 1, RankSchedule: "none", InitA: "default"},
+			Init: "default", LoftQIter: 1, RankSchedule: "none", InitA: "default",
+			DInitial: 0.1, NolaK: 64, SoraLambda: 1e-3, TargetR: 4, TInit: 10, TFinal: 20, DeltaT: 10,
+			Beta1: 0.85, Beta2: 0.85, OrthWeight: 0.5},
 		Train: TrainSection{Device: "auto", LR: 2e-4, Schedule: "cosine", Warmup: 10, MaxSteps: 200, BatchSize: 4,
 			GradAccum: 1, MaxGradNorm: 1.0, Seed: 42, EvalEvery: 50, EvalBatches: 8},
 		Output: OutputSection{Dir: "out"},
@@ -333,7 +362,7 @@ func (c *Train) Validate() error {
 var Methods = []string{"lora", "full", "dylora", "dora", "vera", "tied", "nola", "adalora", "sora"}
 
 // planned are the methods of Methods that are accepted by name but not implemented yet.
-var planned = map[string]bool{"dora": true, "vera": true, "tied": true, "nola": true, "adalora": true, "sora": true}
+var planned = map[string]bool{"dora": true}
 
 // implemented lists the methods that train today.
 func implemented() []string {
@@ -378,6 +407,39 @@ func (c *Train) validateVariants(check func(bool, string, ...any), oneOf func(st
 	if l.Method == "dylora" {
 		check(len(l.RankPattern) == 0, "lora.method dylora samples one rank b for every module each step, so lora.rank_pattern cannot apply; drop lora.rank_pattern")
 		check(l.RankSchedule == "none", "lora.method dylora samples one rank b for every module each step, so lora.rank_schedule %s cannot apply; use lora.rank_schedule: none", l.RankSchedule)
+	}
+	if l.Composed() {
+		m := "lora.method " + l.Method
+		check(len(l.RankPattern) == 0, "%s shapes every module alike, so lora.rank_pattern cannot apply; drop lora.rank_pattern or use lora.method lora", m)
+		check(l.RankSchedule == "none", "%s shapes every module alike, so lora.rank_schedule %s cannot apply; use lora.rank_schedule: none", m, l.RankSchedule)
+		check(!l.FreezeA, "%s trains its own parameters, so lora.freeze_a cannot apply; drop lora.freeze_a", m)
+		check(l.InitA == "default", "%s initialises its own factors, so lora.init_a %s cannot apply; drop lora.init_a", m, l.InitA)
+		check(l.LoRAPlusRatio == 0 || l.Method == "sora", "lora.lora_plus_ratio sets B's learning rate against A's, but %s has no trainable A and B pair; drop lora.lora_plus_ratio", m)
+		check(l.Init == "default", "%s initialises its own factors, so lora.init %s cannot apply; use lora.init: default", m, l.Init)
+	}
+	if l.Method == "vera" || l.Method == "adalora" {
+		check(!l.RSLoRA, "lora.method %s fixes its own scale (VeRA: 1, AdaLoRA: alpha/r), so lora.rslora cannot apply; drop lora.rslora", l.Method)
+	}
+	switch l.Method {
+	case "vera":
+		check(l.DInitial > 0, "lora.d_initial must be positive (PEFT's default 0.1), got %g", l.DInitial)
+	case "nola":
+		check(l.NolaK >= 1, "lora.nola_k must be at least 1, got %d", l.NolaK)
+	case "sora":
+		check(l.SoraLambda >= 0, "lora.sora_lambda must not be negative, got %g", l.SoraLambda)
+	case "adalora":
+		initR := l.InitR
+		if initR == 0 {
+			initR = l.R
+		}
+		check(l.TargetR >= 1 && l.TargetR <= initR, "lora.target_r must be in [1, lora.init_r = %d], got %d", initR, l.TargetR)
+		check(l.TInit >= 0 && l.TFinal >= 0 && l.TInit+l.TFinal < c.Train.MaxSteps, "lora.tinit (%d) + lora.tfinal (%d) must be less than train.max_steps (%d), so that the budget has steps to fall in", l.TInit, l.TFinal, c.Train.MaxSteps)
+		check(l.DeltaT >= 1, "lora.delta_t must be at least 1, got %d", l.DeltaT)
+		check(l.Beta1 > 0 && l.Beta1 < 1 && l.Beta2 > 0 && l.Beta2 < 1, "lora.beta1 and lora.beta2 must be in (0, 1), got %g and %g", l.Beta1, l.Beta2)
+		check(l.OrthWeight >= 0, "lora.orth_reg_weight must not be negative, got %g", l.OrthWeight)
+	}
+	if l.InitR != 0 {
+		check(l.Method == "adalora", "lora.init_r applies to lora.method adalora only (other methods use lora.r); drop it")
 	}
 	check(!(l.FreezeA && l.LoRAPlusRatio != 0), "lora.lora_plus_ratio sets B's learning rate relative to A's, but lora.freeze_a trains no A; drop one of the two")
 	if l.Init == "loftq" {

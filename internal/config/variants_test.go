@@ -29,7 +29,15 @@ func TestVariantCombinations(t *testing.T) {
 		{[]string{"lora.init=loftq", "model.quantize=nf4", "lora.rank_pattern.q_proj=2"}, []string{"lora.init loftq", "lora.rank_pattern"}},
 		{[]string{"lora.init_a=qr"}, []string{`lora.init_a is "qr"`}},
 		{[]string{"lora.lora_plus_ratio=-1"}, []string{"lora.lora_plus_ratio must be positive"}},
-		{[]string{"lora.method=vera"}, []string{"lora.method vera is not implemented yet"}},
+		{[]string{"lora.method=dora"}, []string{"lora.method dora is not implemented yet"}},
+		{[]string{"lora.method=vera", "lora.rank_pattern.q_proj=4"}, []string{"lora.method vera", "lora.rank_pattern"}},
+		{[]string{"lora.method=tied", "lora.freeze_a=true"}, []string{"lora.method tied", "lora.freeze_a"}},
+		{[]string{"lora.method=nola", "lora.lora_plus_ratio=4"}, []string{"lora.method nola", "lora.lora_plus_ratio"}},
+		{[]string{"lora.method=vera", "lora.rslora=true"}, []string{"lora.method vera", "lora.rslora"}},
+		{[]string{"lora.method=adalora", "lora.target_r=9"}, []string{"lora.target_r must be in [1, lora.init_r = 8]"}},
+		{[]string{"lora.method=adalora", "lora.tinit=150", "lora.tfinal=60"}, []string{"lora.tinit (150) + lora.tfinal (60)"}},
+		{[]string{"lora.method=sora", "lora.rank_schedule=linear", "lora.r_min=1", "lora.r_max=4"}, []string{"lora.method sora", "lora.rank_schedule"}},
+		{[]string{"lora.init_r=4"}, []string{"lora.init_r applies to lora.method adalora"}},
 		{[]string{"lora.method=sparse"}, []string{`lora.method is "sparse"`}},
 		{[]string{"lora.rank_pattern.q_proj=0"}, []string{"want a whole number of at least 1"}},
 		{[]string{"lora.rank_pattern.(=2"}, []string{"not a valid pattern"}},
@@ -46,6 +54,8 @@ func TestVariantCombinations(t *testing.T) {
 		{"lora.rank_schedule=linear", "lora.r_min=2", "lora.r_max=8"},
 		{"lora.freeze_a=true", "lora.init_a=orthogonal"},
 		{"lora.lora_plus_ratio=16"},
+		{"lora.method=vera", "lora.r=4"}, {"lora.method=tied"}, {"lora.method=nola", "lora.nola_k=8"},
+		{"lora.method=sora", "lora.lora_plus_ratio=4"}, {"lora.method=adalora", "lora.init_r=8", "lora.target_r=2"},
 	} {
 		if _, err := ResolveTrain("", append(append([]string{}, base...), ok...), nil); err != nil {
 			t.Errorf("%v: %v", ok, err)

@@ -69,6 +69,7 @@ type compat struct {
 	FreezeA       bool           `json:"freeze_a,omitempty"`
 	InitA         string         `json:"init_a,omitempty"`
 	LoRAPlusRatio float64        `json:"lora_plus_ratio,omitempty"`
+	Variant       string         `json:"variant,omitempty"` // a composed variant's own hyperparameters
 }
 
 func compatOf(c *config.Train) compat {
@@ -82,6 +83,18 @@ func compatOf(c *config.Train) compat {
 	}
 	if c.LoRA.InitA != "default" {
 		k.InitA = c.LoRA.InitA
+	}
+	l := c.LoRA
+	switch l.Method {
+	case "vera":
+		k.Variant = fmt.Sprintf("d_initial=%g", l.DInitial)
+	case "nola":
+		k.Variant = fmt.Sprintf("nola_k=%d", l.NolaK)
+	case "sora":
+		k.Variant = fmt.Sprintf("sora_lambda=%g", l.SoraLambda)
+	case "adalora":
+		k.Variant = fmt.Sprintf("init_r=%d target_r=%d tinit=%d tfinal=%d delta_t=%d beta1=%g beta2=%g orth_reg_weight=%g max_steps=%d",
+			l.InitR, l.TargetR, l.TInit, l.TFinal, l.DeltaT, l.Beta1, l.Beta2, l.OrthWeight, c.Train.MaxSteps)
 	}
 	if c.Model.Quantize != "none" {
 		k.Quantize, k.QuantGroup, k.DoubleQuant = c.Model.Quantize, c.Model.GroupSize, c.Model.DoubleQuant
@@ -136,6 +149,14 @@ func (j *job) save(step int) (string, error) {
 // writeWeights writes the trained weights into dir: the PEFT adapter, or model.safetensors
 // for full fine-tuning.
 func (j *job) writeWeights(dir string) error {
+	if j.variant != nil {
+		// The effective factors as a PEFT LoRA adapter (pruned ranks removed), and the
+		// variant's own parameters for resuming and continuing.
+		if err := j.variant.Final().Save(dir); err != nil {
+			return err
+		}
+		return saveVariantState(j.variant, dir)
+	}
 	if a := j.eng.Adapter(); a != nil {
 		return a.Save(dir)
 	}
@@ -176,7 +197,14 @@ func (j *job) restore(dir string) (int, error) {
 	}
 	// Weights.
 	byName := map[string][]float32{}
-	if j.eng.Adapter() != nil {
+	if j.variant != nil {
+		if err := loadVariantState(j.variant, dir); err != nil {
+			return 0, fmt.Errorf("resume %s: %w", dir, err)
+		}
+		for k, v := range j.variant.State() {
+			byName[k] = v
+		}
+	} else if j.eng.Adapter() != nil {
 		a, err := lora.Load(dir)
 		if err != nil {
 			return 0, err
@@ -253,6 +281,7 @@ func normCompat(c compat) compat {
 // finish writes the run's outputs: weights, loss.png and, last, run.json.
 func (j *job) finish(mw *metrics.Writer) error {
 	out := j.cfg.Output.Dir
+	j.variantReport()
 	if err := j.writeWeights(out); err != nil {
 		return err
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/loractl/loractl/internal/model"
 	"github.com/loractl/loractl/internal/optim"
 	"github.com/loractl/loractl/internal/tokenizer"
+	"github.com/loractl/loractl/internal/variant"
 )
 
 // Options are the per-invocation choices that are not part of the config file.
@@ -68,6 +69,7 @@ type job struct {
 	evalSet []data.Batch
 	base    string // base model fingerprint
 	ql      qloraState
+	variant variant.Method // composed LoRA variant (vera, tied, nola, sora, adalora), else nil
 }
 
 // Run trains as cfg says. ctx cancellation (Ctrl-C) writes a checkpoint and returns an error
@@ -182,8 +184,15 @@ func (j *job) setup() error {
 			return err
 		}
 	}
+	var composer engine.Composer
+	if c.LoRA.Composed() {
+		if j.variant, err = j.newVariant(a); err != nil {
+			return err
+		}
+		composer = j.variant
+	}
 	j.eng, err = engine.New(j.m, a, engine.Options{Method: method, Dropout: c.LoRA.Dropout,
-		Seed: c.Train.Seed, GradCheckpointing: c.Train.GradCheckpointing, FreezeA: c.LoRA.FreezeA})
+		Seed: c.Train.Seed, GradCheckpointing: c.Train.GradCheckpointing, FreezeA: c.LoRA.FreezeA, Composer: composer})
 	if err != nil {
 		return err
 	}
@@ -200,7 +209,7 @@ func (j *job) setup() error {
 // newAdapter makes the run's adapter: fresh, or loaded from --init-adapter.
 func (j *job) newAdapter() (*lora.Adapter, error) {
 	c, mc := j.cfg, j.m.Config()
-	if j.opt.InitAdapter != "" {
+	if j.opt.InitAdapter != "" && !c.LoRA.Composed() {
 		a, err := lora.LoadFor(j.opt.InitAdapter, mc, "")
 		if err != nil {
 			return nil, err
@@ -337,6 +346,9 @@ func (j *job) loop(ctx context.Context) (*Result, error) {
 		}
 		lr := j.sched.LR(step)
 		j.adamw.Step(lr)
+		if j.variant != nil {
+			j.variant.AfterStep(step+1, lr) // SoRA's proximal gate step, AdaLoRA's budget
+		}
 		if err := j.eng.SyncParams(); err != nil {
 			return res, err
 		}

@@ -3,6 +3,7 @@ package train
 import (
 	"context"
 	"errors"
+	"math"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -25,6 +26,13 @@ var variants = []struct {
 		c.LoRA.RankPattern = map[string]int{"down_proj": 2, "layers.4.self_attn.q_proj": 8}
 	}},
 	{"dylora", func(c *config.Train) { c.LoRA.Method, c.LoRA.RMin, c.LoRA.RMax = "dylora", 1, 6 }},
+	{"vera", func(c *config.Train) { c.LoRA.Method, c.LoRA.R, c.Train.LR = "vera", 16, 5e-2 }},
+	{"tied", func(c *config.Train) { c.LoRA.Method = "tied" }},
+	{"nola", func(c *config.Train) { c.LoRA.Method, c.LoRA.NolaK, c.Train.LR = "nola", 16, 5e-3 }},
+	{"sora", func(c *config.Train) { c.LoRA.Method, c.LoRA.SoraLambda = "sora", 10 }},
+	{"adalora", func(c *config.Train) {
+		c.LoRA.Method, c.LoRA.TargetR, c.LoRA.TInit, c.LoRA.TFinal, c.LoRA.DeltaT, c.Train.LR = "adalora", 2, 2, 2, 1, 2e-2
+	}},
 }
 
 // TestVariantsLearnAndReload: every variant lowers the eval loss, and its saved adapter loaded
@@ -52,12 +60,25 @@ func TestVariantsLearnAndReload(t *testing.T) {
 			c2 := tinyConfig(t, filepath.Join(t.TempDir(), "again"), 1)
 			c2.Data.Train = c.Data.Train
 			v.set(c2)
+			c2.LoRA.TInit, c2.LoRA.TFinal = 0, 0 // AdaLoRA's schedule must fit the one step
 			res2, err := Run(context.Background(), c2, Options{InitAdapter: out})
 			if err != nil {
 				t.Fatal(err)
 			}
 			if res2.EvalLossStart != res.EvalLoss {
 				t.Errorf("the reloaded adapter scores %v, the run ended at %v", res2.EvalLossStart, res.EvalLoss)
+			}
+			if c.LoRA.Composed() {
+				// The adapter file alone, read as a plain PEFT LoRA adapter, gives the same model.
+				c3 := tinyConfig(t, filepath.Join(t.TempDir(), "plain"), 1)
+				c3.Data.Train = c.Data.Train
+				res3, err := Run(context.Background(), c3, Options{InitAdapter: out})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if d := math.Abs(res3.EvalLossStart - res.EvalLoss); d > 1e-6*res.EvalLoss {
+					t.Errorf("the saved PEFT adapter scores %v as plain LoRA, the run ended at %v", res3.EvalLossStart, res.EvalLoss)
+				}
 			}
 			t.Logf("eval %.4f -> %.4f; %d pairs, ranks %d..%d", res.EvalLossStart, res.EvalLoss, len(a.Pairs), minRank(a), a.MaxRank())
 			switch v.name {

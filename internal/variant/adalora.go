@@ -55,6 +55,7 @@ func NewAdaLoRA(a *lora.Adapter, o Options) (Method, error) {
 		o.Beta2 = 0.85
 	}
 	d := &adalora{a: a, o: o, s: a.Config.Alpha / (float64(r) + 1e-5)}
+	a.Config.Alpha = d.s * float64(r) // s = alpha/(r + 1e-5), as PEFT scales it
 	rng := rand.New(rand.NewPCG(o.Seed, 0xada))
 	for _, p := range a.Pairs {
 		if a.RankOf(p) != r {
@@ -68,7 +69,6 @@ func NewAdaLoRA(a *lora.Adapter, o Options) (Method, error) {
 		for i := range Q {
 			Q[i] = float32(0.02 * rng.NormFloat64())
 		}
-		withScale(lora.Config{}, p, d.s) // alpha/(r + 1e-5), as PEFT
 		pq, pe, pp := paramOf(p.Module.Path+".lora_A", Q), paramOf(p.Module.Path+".lora_E", E), paramOf(p.Module.Path+".lora_B", P)
 		d.P, d.Q, d.E = append(d.P, P), append(d.Q, Q), append(d.E, E)
 		d.dP, d.dQ, d.dE = append(d.dP, pp.Grad), append(d.dQ, pq.Grad), append(d.dE, pe.Grad)

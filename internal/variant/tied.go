@@ -71,6 +71,9 @@ func newTied(name string, a *lora.Adapter, o Options, trainable bool) (*tied, er
 		t.group = append(t.group, gi)
 	}
 	r := a.Config.R
+	if !trainable {
+		a.Config.Alpha = float64(r) // VeRA has no scaling: s = alpha/r = 1
+	}
 	rng := rand.New(rand.NewPCG(o.Seed, 0x7e7a))
 	for _, g := range t.groups {
 		g.A, g.B = make([]float32, r*g.maxIn), make([]float32, g.maxOut*r)
@@ -99,7 +102,6 @@ func newTied(name string, a *lora.Adapter, o Options, trainable bool) (*tied, er
 			fill(b, 1)
 		} else {
 			fill(d, float32(o.DInitial))
-			p.Alpha = float64(r) // VeRA has no scaling: s = 1
 		}
 		t.b, t.d = append(t.b, b), append(t.d, d)
 		pb, pd := paramOf(p.Module.Path+"."+name+"_lambda_b", b), paramOf(p.Module.Path+"."+name+"_lambda_d", d)
