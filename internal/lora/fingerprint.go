@@ -3,7 +3,10 @@ package lora
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/loractl/loractl/internal/model"
@@ -68,6 +71,14 @@ func (a *Adapter) CheckFingerprint(c *model.Config, where string) error {
 // not empty, is the command's own advice, appended in parentheses to a base-mismatch error.
 func LoadFor(dir string, c *model.Config, fix string) (*Adapter, error) {
 	a, err := Load(dir)
+	if err != nil && errors.Is(err, errVeRANeedsBase) {
+		// A VeRA adapter from another tool: the base gives the modules' input widths.
+		raw, rerr := os.ReadFile(filepath.Join(dir, ConfigFile))
+		if rerr != nil {
+			return nil, rerr
+		}
+		a, err = loadVeRA(dir, raw, veraInputs(c))
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -186,9 +186,16 @@ func Load(dir string) (*Adapter, error) {
 	}
 	var extra map[string]any
 	_ = json.Unmarshal(raw, &extra)
+	if cfg.PeftType == "VERA" {
+		a, err := loadVeRA(dir, raw, nil)
+		if errors.Is(err, errVeRANeedsBase) {
+			return nil, fmt.Errorf("%s: %w; loractl reads it together with its base model (generate, eval and merge do)", cfgPath, err)
+		}
+		return a, err
+	}
 	switch {
 	case cfg.PeftType != "LORA":
-		return nil, fmt.Errorf("%s: peft_type %q is not supported (only LORA)", cfgPath, cfg.PeftType)
+		return nil, fmt.Errorf("%s: peft_type %q is not supported (LORA and VERA are)", cfgPath, cfg.PeftType)
 	case cfg.R < 1:
 		return nil, fmt.Errorf("%s: r must be at least 1, got %d", cfgPath, cfg.R)
 	case cfg.FanInFanOut:

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/loractl/loractl/internal/safetensors"
 )
 
 // TestRankPatternSaveLoad: per-module ranks and alphas are saved as PEFT's rank_pattern and
@@ -167,4 +169,101 @@ func TestOrthogonalInit(t *testing.T) {
 			t.Fatal("same seed, different orthogonal A")
 		}
 	}
+}
+
+// TestVeRASaveLoad: a VeRA adapter in PEFT's layout reads back as the equivalent LoRA factors
+// (A' = diag(d)·A[:, :in], B' = diag(b)·B[:out], scale 1); a file without loractl's input
+// widths (as PEFT writes it) needs the base, which LoadFor supplies.
+func TestVeRASaveLoad(t *testing.T) {
+	c := storiesConfig(t)
+	mods, _ := Select(Modules(c), []string{"q_proj", "k_proj", "down_proj"}, nil)
+	r := 3
+	rng := rand.New(rand.NewPCG(2, 2))
+	maxIn, maxOut := 0, 0
+	for _, m := range mods {
+		maxIn, maxOut = max(maxIn, m.In), max(maxOut, m.Out)
+	}
+	v := &VeRA{Config: Config{R: r, Base: "b", Fingerprint: Fingerprint(c)}, MaxIn: maxIn, MaxOut: maxOut, DInitial: 0.1,
+		A: make([]float32, r*maxIn), B: make([]float32, maxOut*r)}
+	for i := range v.A {
+		v.A[i] = float32(rng.NormFloat64())
+	}
+	for i := range v.B {
+		v.B[i] = float32(rng.NormFloat64())
+	}
+	for _, m := range mods {
+		p := VeRAPair{Module: m, LambdaB: make([]float32, m.Out), LambdaD: make([]float32, r)}
+		for i := range p.LambdaB {
+			p.LambdaB[i] = float32(rng.NormFloat64())
+		}
+		for i := range p.LambdaD {
+			p.LambdaD[i] = float32(rng.NormFloat64())
+		}
+		v.Pairs = append(v.Pairs, p)
+	}
+	dir := t.TempDir()
+	if err := SaveVeRA(dir, v); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(filepath.Join(dir, ConfigFile))
+	if !strings.Contains(string(raw), `"peft_type": "VERA"`) || !strings.Contains(string(raw), `"save_projection": true`) {
+		t.Fatalf("config %s", raw)
+	}
+	a, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(a *Adapter) {
+		t.Helper()
+		if len(a.Pairs) != len(mods) || a.Config.Method != "vera" {
+			t.Fatalf("%d pairs, method %q", len(a.Pairs), a.Config.Method)
+		}
+		for _, p := range a.Pairs {
+			if a.ScaleOf(p) != 1 {
+				t.Fatalf("scale %g, want 1", a.ScaleOf(p))
+			}
+			var vp VeRAPair
+			for _, q := range v.Pairs {
+				if q.Module.Path == p.Module.Path {
+					vp = q
+				}
+			}
+			in := p.Module.In
+			for o := 0; o < p.Module.Out; o++ {
+				for i := 0; i < in; i++ {
+					var want float64
+					for k := 0; k < r; k++ {
+						want += float64(vp.LambdaB[o]) * float64(v.B[o*r+k]) * float64(vp.LambdaD[k]) * float64(v.A[k*maxIn+i])
+					}
+					if got := float64(a.Delta(p)[o*in+i]); math.Abs(got-want) > 1e-5*(1+math.Abs(want)) {
+						t.Fatalf("%s ΔW[%d][%d] = %g, want %g", p.Module.Path, o, i, got, want)
+					}
+				}
+			}
+		}
+	}
+	check(a)
+	// As PEFT writes it: no loractl metadata.
+	f, err := safetensors.Open(filepath.Join(dir, WeightsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ts []safetensors.Tensor
+	for _, info := range f.Tensors() {
+		vals, _ := f.Float32(info.Name)
+		b, _ := safetensors.EncodeFloat32(safetensors.F32, vals)
+		ts = append(ts, safetensors.Tensor{Name: info.Name, DType: safetensors.F32, Shape: info.Shape, Data: b})
+	}
+	f.Close()
+	if err := safetensors.Write(filepath.Join(dir, WeightsFile), ts, map[string]string{"format": "pt"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "input widths") {
+		t.Fatalf("Load of a PEFT VeRA file: %v", err)
+	}
+	b, err := LoadFor(dir, c, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(b)
 }

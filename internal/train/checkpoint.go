@@ -152,7 +152,13 @@ func (j *job) writeWeights(dir string) error {
 	if j.variant != nil {
 		// The effective factors as a PEFT LoRA adapter (pruned ranks removed), and the
 		// variant's own parameters for resuming and continuing.
-		if err := j.variant.Final().Save(dir); err != nil {
+		var err error
+		if v, ok := j.variant.(interface{ SavePEFT(string) error }); ok {
+			err = v.SavePEFT(dir) // VeRA: PEFT's own format
+		} else {
+			err = j.variant.Final().Save(dir)
+		}
+		if err != nil {
 			return err
 		}
 		return saveVariantState(j.variant, dir)

@@ -27,7 +27,8 @@ type tied struct {
 	b, d      [][]float32
 	params    []optim.Param
 	// The parameters' gradients, aliased by params: db[i] (out), dd[i] (r), groups' dA, dB.
-	db, dd [][]float32
+	db, dd   [][]float32
+	dInitial float64 // VeRA's d_initial
 }
 
 // shared is one shared pair of factors.
@@ -53,7 +54,7 @@ func NewTied(a *lora.Adapter, o Options) (Method, error) {
 }
 
 func newTied(name string, a *lora.Adapter, o Options, trainable bool) (*tied, error) {
-	t := &tied{name: name, a: a, trainable: trainable}
+	t := &tied{name: name, a: a, trainable: trainable, dInitial: o.DInitial}
 	byKey := map[string]int{}
 	for _, p := range a.Pairs {
 		key := "" // VeRA: one pair for every module (PEFT's vera_A, vera_B)
@@ -227,4 +228,18 @@ func (t *tied) Describe() string {
 	}
 	slices.Sort(kinds)
 	return fmt.Sprintf("tied: one trainable A and B per module kind (%v), shared across layers; trains them and b (out), d (r=%d) per module; s = alpha/r", kinds, r)
+}
+
+// SavePEFT writes a VeRA method in PEFT's own VeRA format (Tied-LoRA has none: it is saved as
+// the composed LoRA factors).
+func (t *tied) SavePEFT(dir string) error {
+	if t.trainable {
+		return t.a.Save(dir)
+	}
+	g := t.groups[0]
+	v := &lora.VeRA{Config: t.a.Config, A: g.A, B: g.B, MaxIn: g.maxIn, MaxOut: g.maxOut, DInitial: t.dInitial}
+	for i, p := range t.a.Pairs {
+		v.Pairs = append(v.Pairs, lora.VeRAPair{Module: p.Module, LambdaB: t.b[i], LambdaD: t.d[i]})
+	}
+	return lora.SaveVeRA(dir, v)
 }
