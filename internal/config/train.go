@@ -362,7 +362,7 @@ func (c *Train) Validate() error {
 var Methods = []string{"lora", "full", "dylora", "dora", "vera", "tied", "nola", "adalora", "sora"}
 
 // planned are the methods of Methods that are accepted by name but not implemented yet.
-var planned = map[string]bool{"dora": true}
+var planned = map[string]bool{}
 
 // implemented lists the methods that train today.
 func implemented() []string {

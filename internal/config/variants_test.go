@@ -29,7 +29,7 @@ func TestVariantCombinations(t *testing.T) {
 		{[]string{"lora.init=loftq", "model.quantize=nf4", "lora.rank_pattern.q_proj=2"}, []string{"lora.init loftq", "lora.rank_pattern"}},
 		{[]string{"lora.init_a=qr"}, []string{`lora.init_a is "qr"`}},
 		{[]string{"lora.lora_plus_ratio=-1"}, []string{"lora.lora_plus_ratio must be positive"}},
-		{[]string{"lora.method=dora"}, []string{"lora.method dora is not implemented yet"}},
+		{[]string{"lora.method=dora", "lora.init=loftq", "model.quantize=nf4"}, []string{"lora.init loftq", "not dora"}},
 		{[]string{"lora.method=vera", "lora.rank_pattern.q_proj=4"}, []string{"lora.method vera", "lora.rank_pattern"}},
 		{[]string{"lora.method=tied", "lora.freeze_a=true"}, []string{"lora.method tied", "lora.freeze_a"}},
 		{[]string{"lora.method=nola", "lora.lora_plus_ratio=4"}, []string{"lora.method nola", "lora.lora_plus_ratio"}},
@@ -54,6 +54,7 @@ func TestVariantCombinations(t *testing.T) {
 		{"lora.rank_schedule=linear", "lora.r_min=2", "lora.r_max=8"},
 		{"lora.freeze_a=true", "lora.init_a=orthogonal"},
 		{"lora.lora_plus_ratio=16"},
+		{"lora.method=dora"}, {"lora.method=dora", "lora.rank_pattern.q_proj=2", "lora.lora_plus_ratio=4"},
 		{"lora.method=vera", "lora.r=4"}, {"lora.method=tied"}, {"lora.method=nola", "lora.nola_k=8"},
 		{"lora.method=sora", "lora.lora_plus_ratio=4"}, {"lora.method=adalora", "lora.init_r=8", "lora.target_r=2"},
 	} {

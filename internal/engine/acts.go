@@ -19,6 +19,7 @@ type layerActs struct {
 	up   backend.Buffer    // (N, F) up_proj output
 	mm   backend.Buffer    // (N, F) silu(g)·up, down_proj's input
 	u    [7]backend.Buffer // (N, r) each: A·drop(x) of every adapted Linear, nil when not adapted
+	z    [7]backend.Buffer // (N, out) each: DoRA's W0·x + s·B·A·drop(x) before the magnitude, nil for LoRA
 }
 
 // acts holds every activation, gradient and scratch buffer of one (B, T) shape.
@@ -45,6 +46,7 @@ type acts struct {
 	dmm        backend.Buffer         // (N, F)
 	dg, dup    backend.Buffer         // (N, F) each
 	du         backend.Buffer         // (N, r) LoRA: s·dy·B (nil for full)
+	dz         map[int]backend.Buffer // width → (N, width): DoRA's dy·diag(m/n), per DoRA output width
 	xd, dxd    map[int]backend.Buffer // width → (N, width): drop(x) and its gradient (dropout > 0 only)
 	hostX      []float32              // (N·maxIn) host scratch for dropout
 	hostM      []float32              // (N·maxIn) dropout mask: 0 or 1/(1−p)
@@ -114,6 +116,9 @@ func (e *Engine) newActs(B, T int, ckpt bool, alloc func(n int) backend.Buffer) 
 			if r := e.rankAt(l, i, ckpt); r > 0 {
 				la.u[i] = get(N * r)
 			}
+			if e.doraAt(l, i, ckpt) {
+				la.z[i] = get(N * e.blocks[0].lin[i].out)
+			}
 		}
 	}
 	a.ch = lmChunk(N, V)
@@ -129,6 +134,16 @@ func (e *Engine) newActs(B, T int, ckpt bool, alloc func(n int) backend.Buffer) 
 	a.dmm, a.dg, a.dup = get(N*F), get(N*F), get(N*F)
 	if e.ad != nil {
 		a.du = get(N * e.ad.MaxRank())
+		for _, bl := range e.blocks {
+			for _, lin := range bl.lin {
+				if lin.lora != nil && lin.lora.dora != nil && a.dz[lin.out] == nil {
+					if a.dz == nil {
+						a.dz = map[int]backend.Buffer{}
+					}
+					a.dz[lin.out] = get(N * lin.out)
+				}
+			}
+		}
 		if e.opt.Dropout > 0 {
 			a.xd, a.dxd = map[int]backend.Buffer{}, map[int]backend.Buffer{}
 			for _, bl := range e.blocks {
@@ -153,6 +168,17 @@ func (e *Engine) rankAt(l, i int, shared bool) int {
 		}
 	}
 	return r
+}
+
+// doraAt reports whether Linear i of layer l is a DoRA one (with shared activations, in any
+// layer).
+func (e *Engine) doraAt(l, i int, shared bool) bool {
+	for j, bl := range e.blocks {
+		if ll := bl.lin[i].lora; ll != nil && ll.dora != nil && (shared || j == l) {
+			return true
+		}
+	}
+	return false
 }
 
 // inputRead reports whether the backward pass reads the input of Linear i of layer l: for

@@ -92,6 +92,7 @@ type loraLinear struct {
 	r      int            // rank (lora_A rows)
 	s      float32        // scale of the active rank (alpha/r, alpha/√r with rsLoRA)
 	pair   *lora.Pair     // the host values
+	dora   *doraLinear    // DoRA's magnitude and norms, nil for LoRA
 }
 
 // block holds one decoder block's weights (and, for full fine-tuning, gradients).
@@ -346,6 +347,11 @@ func (e *Engine) setupLoRA(a *lora.Adapter) error {
 		}
 		lin.lora = ll
 		e.lls = append(e.lls, ll)
+		if p.M != nil {
+			if err := e.setupDoRA(lin, ll); err != nil {
+				return err
+			}
+		}
 		if e.opt.Composer != nil {
 			e.effDA, e.effDB = append(e.effDA, make([]float32, len(p.A))), append(e.effDB, make([]float32, len(p.B)))
 			continue // uploaded by SyncParams below; the composer's parameters are the params
@@ -373,7 +379,12 @@ func (e *Engine) setupLoRA(a *lora.Adapter) error {
 		}
 		return e.SyncParams()
 	}
-	return nil
+	for _, ll := range e.lls {
+		if ll.dora != nil {
+			e.params = append(e.params, param{host: ll.dora.m}) // host only: the magnitude
+		}
+	}
+	return e.doraNorms()
 }
 
 // SetRankLimit makes only the leading k ranks of every pair take part in the following passes,
@@ -451,6 +462,13 @@ func (e *Engine) ZeroGrads() {
 
 // SyncGrads copies the device gradients into Params()[i].Grad.
 func (e *Engine) SyncGrads() error {
+	if err := e.syncGrads(); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (e *Engine) syncGrads() error {
 	if c := e.opt.Composer; c != nil {
 		for i, ll := range e.lls {
 			if err := e.be.Download(e.effDA[i], ll.da); err != nil {
@@ -463,6 +481,9 @@ func (e *Engine) SyncGrads() error {
 		return c.Backward(e.effDA, e.effDB)
 	}
 	for _, p := range e.params {
+		if p.grad == nil {
+			continue // a host-only parameter (DoRA's magnitude): its gradient is already here
+		}
 		if err := e.be.Download(p.host.Grad, p.grad); err != nil {
 			return fmt.Errorf("engine: download the gradient of %s: %w", p.host.Name, err)
 		}
@@ -489,11 +510,14 @@ func (e *Engine) SyncParams() error {
 		return e.uploadLimited()
 	}
 	for _, p := range e.params {
+		if p.buf == nil {
+			continue // host-only
+		}
 		if err := e.be.Upload(p.buf, p.host.Data); err != nil {
 			return fmt.Errorf("engine: upload %s: %w", p.host.Name, err)
 		}
 	}
-	return nil
+	return e.doraNorms()
 }
 
 // Adapter returns the adapter whose A and B are the current host parameters (nil for "full").

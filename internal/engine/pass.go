@@ -290,8 +290,12 @@ func (e *Engine) blockBackward(l int, b *Batch, pos []int) error {
 // takes one accumulating product and no temporary).
 func (e *Engine) linearForward(y, x backend.Buffer, lin *linear, u backend.Buffer, N, layer int, train bool) error {
 	be := e.be
-	be.MatMulForward(y, x, lin.w, lin.b, N, lin.in, lin.out)
 	ll := lin.lora
+	bias := lin.b
+	if ll != nil && ll.dora != nil {
+		bias = nil // DoRA scales W0·x + s·B·A·x, then adds the bias
+	}
+	be.MatMulForward(y, x, lin.w, bias, N, lin.in, lin.out)
 	if ll == nil {
 		return nil
 	}
@@ -306,6 +310,9 @@ func (e *Engine) linearForward(y, x backend.Buffer, lin *linear, u backend.Buffe
 	be.MatMulForward(u, xin, ll.a, nil, N, lin.in, r) // u (N, r) = drop(x)·Aᵀ
 	be.Scale(u, ll.s, N*r)                            // u = s·drop(x)·Aᵀ
 	be.MatMulForwardAcc(y, u, ll.b, N, r, lin.out)    // y (N, out) += u·Bᵀ
+	if ll.dora != nil {
+		return e.doraForward(y, e.act.layer(layer).z[lin.idx], lin, N) // y = z·diag(m/n) + bias
+	}
 	return nil
 }
 
@@ -314,6 +321,13 @@ func (e *Engine) linearForward(y, x backend.Buffer, lin *linear, u backend.Buffe
 // path always trains with dropout active (backward follows ForwardBackward's forward).
 func (e *Engine) linearBackward(dx, dy, x backend.Buffer, lin *linear, u backend.Buffer, N, layer int) error {
 	be := e.be
+	if ll := lin.lora; ll != nil && ll.dora != nil {
+		dz := e.act.dz[lin.out] // (N, out) = dy·diag(m/n); dm added on the host
+		if err := e.doraBackward(dz, dy, e.act.layer(layer).z[lin.idx], lin, N); err != nil {
+			return err
+		}
+		dy = dz
+	}
 	be.MatMulBackward(dx, lin.dw, lin.db, dy, x, lin.w, N, lin.in, lin.out)
 	ll := lin.lora
 	if ll == nil {

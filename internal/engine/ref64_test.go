@@ -21,6 +21,8 @@ type ref64 struct {
 	w   map[string][]float64    // checkpoint tensors
 	ab  map[string][2][]float64 // module path → (A (r, in), B (out, r))
 	rs  map[string]refRank      // module path → its rank and scale
+	m   map[string][]float64    // module path → DoRA magnitude (out)
+	n   map[string][]float64    // module path → DoRA row norms ‖W0 + s·BA‖ at construction (held constant)
 	inv []float64               // (D/2) RoPE inverse frequencies (the model's float32 values)
 }
 
@@ -33,7 +35,8 @@ type refRank struct {
 // newRef64 copies the model's weights and the adapter into float64.
 func newRef64(t *testing.T, m *model.Model, a *lora.Adapter) *ref64 {
 	t.Helper()
-	r := &ref64{cfg: m.Config(), w: map[string][]float64{}, ab: map[string][2][]float64{}, rs: map[string]refRank{}}
+	r := &ref64{cfg: m.Config(), w: map[string][]float64{}, ab: map[string][2][]float64{}, rs: map[string]refRank{},
+		m: map[string][]float64{}, n: map[string][]float64{}}
 	for _, name := range m.TensorNames() {
 		buf, _, _ := m.Tensor(name)
 		v := make([]float32, buf.Len())
@@ -45,6 +48,26 @@ func newRef64(t *testing.T, m *model.Model, a *lora.Adapter) *ref64 {
 	for _, p := range adapterPairs(a) {
 		r.ab[p.Module.Path] = [2][]float64{to64(p.A), to64(p.B)}
 		r.rs[p.Module.Path] = refRank{r: a.RankOf(p), s: float64(a.ScaleOf(p))}
+	}
+	for _, p := range adapterPairs(a) {
+		if p.M == nil {
+			continue
+		}
+		path, in, out := p.Module.Path, p.Module.In, p.Module.Out
+		W, ab, rr := r.w[path+".weight"], r.ab[path], r.rs[path]
+		n := make([]float64, out)
+		for o := range out {
+			var ss float64
+			for i := range in {
+				w := W[o*in+i]
+				for k := range rr.r {
+					w += rr.s * ab[1][o*rr.r+k] * ab[0][k*in+i]
+				}
+				ss += w * w
+			}
+			n[o] = math.Sqrt(ss)
+		}
+		r.m[path], r.n[path] = to64(p.M), n
 	}
 	for _, f := range r.cfg.RoPEInvFreq() {
 		r.inv = append(r.inv, float64(f))
@@ -91,13 +114,22 @@ func (r *ref64) loss(b Batch) float64 {
 		W, bias := r.w[path+".weight"], r.w[path+".bias"]
 		y := make([]float64, out) // (out)
 		for o := range out {
-			if bias != nil {
-				y[o] = bias[o]
-			}
 			for i := range in {
 				y[o] += W[o*in+i] * x[i]
 			}
 		}
+		defer func() { // DoRA: y = z·m/n (n held constant, as detached); then the bias
+			if m := r.m[path]; m != nil {
+				for o := range out {
+					y[o] *= m[o] / r.n[path][o]
+				}
+			}
+			if bias != nil {
+				for o := range out {
+					y[o] += bias[o]
+				}
+			}
+		}()
 		if ab, ok := r.ab[path]; ok {
 			rk, s := r.rs[path].r, r.rs[path].s
 			u := make([]float64, rk) // (r)
@@ -247,6 +279,7 @@ func TestGradCheckFloat64(t *testing.T) {
 		packed  bool
 		pattern bool // per-module ranks and alphas (rank_pattern, alpha_pattern, rank_schedule)
 		freezeA bool // LoRA-FA
+		dora    bool // DoRA magnitudes (initialised to the norm, then moved off it)
 		dropout float64
 	}{
 		{name: "lora llama", ts: tinyLlama, method: MethodLoRA}, {name: "lora qwen3", ts: tinyQwen3, method: MethodLoRA},
@@ -254,6 +287,9 @@ func TestGradCheckFloat64(t *testing.T) {
 		{name: "rank_pattern llama", ts: tinyLlama, method: MethodLoRA, pattern: true},
 		{name: "freeze_a llama", ts: tinyLlama, method: MethodLoRA, freezeA: true},
 		{name: "freeze_a qwen3 pattern", ts: tinyQwen3, method: MethodLoRA, freezeA: true, pattern: true},
+		{name: "dora llama", ts: tinyLlama, method: MethodLoRA, dora: true},
+		{name: "dora qwen3 pattern", ts: tinyQwen3, method: MethodLoRA, dora: true, pattern: true},
+		{name: "dora qwen3 freeze_a", ts: tinyQwen3, method: MethodLoRA, dora: true, freezeA: true},
 		{name: "full llama", ts: tinyLlama, method: MethodFull}, {name: "full qwen3 packed", ts: tinyQwen3, method: MethodFull, packed: true},
 	} {
 		m := c.ts.load(t)
@@ -262,6 +298,9 @@ func TestGradCheckFloat64(t *testing.T) {
 			a = newAdapter(t, m.Config(), 3, 6, 0.2, 21)
 			if c.pattern {
 				a = patternAdapter(t, m.Config(), 21)
+			}
+			if c.dora {
+				doraInit(t, m, a, 0.3)
 			}
 		}
 		e := newEngine(t, m, a, Options{Method: c.method, FreezeA: c.freezeA})
@@ -286,6 +325,9 @@ func TestGradCheckFloat64(t *testing.T) {
 					which = 1
 				}
 				vals = ref.ab[mod][which]
+				if m, ok := strings.CutSuffix(p.Name, ".lora_magnitude_vector"); ok {
+					vals = ref.m[m]
+				}
 			}
 			for range 3 {
 				i := rng.IntN(len(vals))
@@ -336,4 +378,29 @@ func patternAdapter(t testing.TB, c *model.Config, seed uint64) *lora.Adapter {
 		}
 	}
 	return a
+}
+
+// doraInit gives every pair of a a DoRA magnitude: the row norms of W0 + s·BA (as PEFT
+// initialises it), times 1 + N(0, jitter²) so that the magnitude is not trivially the norm.
+func doraInit(t testing.TB, m *model.Model, a *lora.Adapter, jitter float64) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(13, 13))
+	for _, p := range a.Pairs {
+		buf, _, _ := m.Tensor(p.Module.Weight())
+		w0 := make([]float32, buf.Len())
+		if err := m.Backend().Download(w0, buf); err != nil {
+			t.Fatal(err)
+		}
+		d := a.Delta(p)
+		in := p.Module.In
+		p.M = make([]float32, p.Module.Out)
+		for o := range p.M {
+			var ss float64
+			for i := 0; i < in; i++ {
+				v := float64(w0[o*in+i]) + float64(d[o*in+i])
+				ss += v * v
+			}
+			p.M[o] = float32(math.Sqrt(ss) * (1 + jitter*rng.NormFloat64()))
+		}
+	}
 }

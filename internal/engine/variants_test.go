@@ -3,8 +3,11 @@ package engine
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/loractl/loractl/internal/lora"
 )
 
 // TestFreezeA (LoRA-FA): with A frozen, A is not a parameter, B's gradients are bitwise those
@@ -123,4 +126,60 @@ func TestRankLimit(t *testing.T) {
 	if err := e.SetRankLimit(-1); err == nil {
 		t.Error("a negative rank limit is accepted")
 	}
+}
+
+// TestDoRAStartsAtBase: with B = 0 and the magnitude at its PEFT start (‖W0‖ per row) every
+// scale m/n is exactly 1, so DoRA's loss is bitwise that of LoRA with B = 0 (itself the base's).
+func TestDoRAStartsAtBase(t *testing.T) {
+	for _, ts := range []tinySpec{tinyLlama, tinyQwen3} {
+		m := ts.load(t)
+		b := randomBatch(rand.New(rand.NewPCG(5, 6)), ts.V, 2, 9)
+		plain := newAdapter(t, m.Config(), 3, 6, 0, 3)
+		dora := cloneAdapter(plain)
+		if err := dora.InitDoRA(m); err != nil {
+			t.Fatal(err)
+		}
+		lp, _, _ := newEngine(t, m, plain, Options{}).Loss(b)
+		ld, _, _ := newEngine(t, m, dora, Options{}).Loss(b)
+		if lp != ld {
+			t.Errorf("%s: DoRA at its start has loss %v, LoRA with B = 0 %v", ts.name, ld, lp)
+		}
+	}
+}
+
+// TestDoRACheckpointingAndMerge: DoRA's gradients are bitwise the same with checkpointing, and
+// the merged weights diag(m/n)·(W0 + s·BA) give the unmerged model's loss.
+func TestDoRACheckpointingAndMerge(t *testing.T) {
+	ts := tinyQwen3
+	m := ts.load(t)
+	a := newAdapter(t, m.Config(), 3, 6, 0.3, 8)
+	doraInit(t, m, a, 0.2)
+	b := randomBatch(rand.New(rand.NewPCG(7, 7)), ts.V, 2, 8)
+	l1, g1 := grads(t, newEngine(t, m, cloneDoRA(a), Options{}), b)
+	l2, g2 := grads(t, newEngine(t, m, cloneDoRA(a), Options{GradCheckpointing: true}), b)
+	if l1 != l2 || !bitsEqual(g1, g2) {
+		t.Errorf("checkpointing changes DoRA: loss %v vs %v", l1, l2)
+	}
+	m2 := ts.load(t)
+	if err := a.MergeInto(m2); err != nil {
+		t.Fatal(err)
+	}
+	e := newEngine(t, m, cloneDoRA(a), Options{})
+	lu, _, _ := e.Loss(b)
+	// The merged model with a zero adapter is the merged model itself.
+	zero := newAdapter(t, m2.Config(), 1, 1, 0, 1)
+	lm, _, _ := newEngine(t, m2, zero, Options{}).Loss(b)
+	if math.Abs(lm-lu) > 2e-6*math.Abs(lu) {
+		t.Errorf("merged DoRA loss %v, unmerged %v", lm, lu)
+	}
+	t.Logf("unmerged %.9g merged %.9g (rel %.1e)", lu, lm, math.Abs(lm-lu)/lu)
+}
+
+// cloneDoRA deep-copies a, magnitudes included.
+func cloneDoRA(a *lora.Adapter) *lora.Adapter {
+	c := cloneAdapter(a)
+	for i, p := range a.Pairs {
+		c.Pairs[i].M = slices.Clone(p.M)
+	}
+	return c
 }

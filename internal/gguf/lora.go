@@ -94,6 +94,11 @@ func ExportLoRA(adapterDir, out, baseDir string, overwrite bool) (*LoRAReport, e
 	if err := a.CheckBase(cfg, adapterDir); err != nil {
 		return nil, err
 	}
+	for _, p := range a.Pairs {
+		if p.M != nil {
+			return nil, fmt.Errorf("adapter %s: a DoRA adapter (use_dora) has no llama.cpp LoRA form; merge it into the base with `loractl merge` and export the merged model with `loractl quantize --format gguf-f16`", adapterDir)
+		}
+	}
 	r := a.Config.R
 	rep := &LoRAReport{Out: out, Base: base, R: r, Alpha: LoRAAlpha(a.Config), RSLoRA: a.Config.RSLoRA, Modules: len(a.Pairs)}
 	rep.Scale = rep.Alpha / float32(r)

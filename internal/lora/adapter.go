@@ -50,6 +50,8 @@ type Pair struct {
 	B      []float32 // (out, r)
 	R      int       // this pair's rank; 0 means Config.R
 	Alpha  float64   // this pair's alpha (PEFT's alpha_pattern); 0 means Config.Alpha
+	// M is DoRA's magnitude (out): W' = diag(M/‖W0 + s·BA‖_row)·(W0 + s·BA); nil for LoRA.
+	M []float32
 }
 
 // RankOf returns the rank of pair p.
@@ -212,14 +214,71 @@ func (a *Adapter) CheckBase(c *model.Config, where string) error {
 	return nil
 }
 
-// MergeInto adds s·B·A to each adapted weight of m, for inference with the adapter.
+// MergeInto adds s·B·A to each adapted weight of m, for inference with the adapter; a DoRA
+// pair replaces W0 by diag(M/‖W0 + s·BA‖_row)·(W0 + s·BA).
 func (a *Adapter) MergeInto(m *model.Model) error {
 	for _, p := range a.Pairs {
-		if err := m.AddToWeight(p.Module.Weight(), a.Delta(p)); err != nil {
+		d := a.Delta(p)
+		if p.M != nil {
+			buf, _, ok := m.Tensor(p.Module.Weight())
+			if !ok {
+				return fmt.Errorf("model: no weight %q", p.Module.Weight())
+			}
+			w0 := make([]float32, buf.Len()) // (out, in)
+			if err := m.Backend().Download(w0, buf); err != nil {
+				return err
+			}
+			DoRADelta(d, w0, p.M, p.Module.Out, p.Module.In)
+		}
+		if err := m.AddToWeight(p.Module.Weight(), d); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// InitDoRA gives every pair its DoRA magnitude as PEFT initialises it: the row norms of
+// W0 + s·BA (‖W0‖ when B = 0, so that the adapted model starts equal to the base).
+func (a *Adapter) InitDoRA(m *model.Model) error {
+	for _, p := range a.Pairs {
+		buf, _, ok := m.Tensor(p.Module.Weight())
+		if !ok {
+			return fmt.Errorf("model: no weight %q", p.Module.Weight())
+		}
+		w0 := make([]float32, buf.Len()) // (out, in)
+		if err := m.Backend().Download(w0, buf); err != nil {
+			return err
+		}
+		d := a.Delta(p)
+		in := p.Module.In
+		p.M = make([]float32, p.Module.Out)
+		for o := range p.M {
+			var ss float64
+			for i := 0; i < in; i++ {
+				v := float64(w0[o*in+i]) + float64(d[o*in+i])
+				ss += v * v
+			}
+			p.M[o] = float32(math.Sqrt(ss))
+		}
+	}
+	return nil
+}
+
+// DoRADelta turns the LoRA delta d = s·BA (out, in) into DoRA's: W' − W0 with
+// W' = diag(m/‖W0 + d‖_row)·(W0 + d), each row's norm in float64.
+func DoRADelta(d, w0, m []float32, out, in int) {
+	for o := 0; o < out; o++ {
+		row, w := d[o*in:(o+1)*in], w0[o*in:(o+1)*in]
+		var n2 float64
+		for i, v := range row {
+			x := float64(w[i]) + float64(v)
+			n2 += x * x
+		}
+		c := float64(m[o]) / math.Sqrt(n2)
+		for i, v := range row {
+			row[i] = float32(c*(float64(w[i])+float64(v)) - float64(w[i]))
+		}
+	}
 }
 
 // sortPairs orders pairs by layer, then by block order of the module names.

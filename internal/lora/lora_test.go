@@ -231,8 +231,8 @@ func TestLoadErrors(t *testing.T) {
 		t.Fatalf("missing config: %v", err)
 	}
 	os.WriteFile(filepath.Join(dir, ConfigFile), []byte(`{"peft_type":"LORA","r":4,"lora_alpha":8,"use_dora":true}`), 0o644)
-	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "DoRA") {
-		t.Fatalf("DoRA: %v", err)
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "no lora_magnitude_vector") {
+		t.Fatalf("DoRA without magnitudes: %v", err)
 	}
 	os.WriteFile(filepath.Join(dir, ConfigFile), []byte(`{"peft_type":"PREFIX_TUNING","r":4}`), 0o644)
 	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "PREFIX_TUNING") {

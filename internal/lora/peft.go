@@ -46,6 +46,8 @@ type peftConfig struct {
 	// Keys are "layers.N.<part>.<name>", which every PEFT version's pattern match finds.
 	RankPattern  map[string]int     `json:"rank_pattern,omitempty"`
 	AlphaPattern map[string]float64 `json:"alpha_pattern,omitempty"`
+	// UseDoRA marks a DoRA adapter (PEFT ≥ 0.9): each module has a lora_magnitude_vector.
+	UseDoRA bool `json:"use_dora,omitempty"`
 }
 
 // Safetensors header metadata keys of loractl's own (PEFT ignores them).
@@ -124,7 +126,10 @@ func (a *Adapter) Save(dir string) error {
 			suffix string
 			data   []float32
 			shape  []int
-		}{{"lora_A.weight", p.A, []int{r, m.In}}, {"lora_B.weight", p.B, []int{m.Out, r}}} {
+		}{{"lora_A.weight", p.A, []int{r, m.In}}, {"lora_B.weight", p.B, []int{m.Out, r}}, {"lora_magnitude_vector", p.M, []int{m.Out}}} {
+			if t.data == nil {
+				continue // no magnitude: LoRA
+			}
 			b, err := safetensors.EncodeFloat32(safetensors.F32, t.data)
 			if err != nil {
 				return err
@@ -155,6 +160,9 @@ func (a *Adapter) Save(dir string) error {
 	}
 	if len(alphaPat) > 0 {
 		cfg.AlphaPattern = alphaPat
+	}
+	for _, p := range a.Pairs {
+		cfg.UseDoRA = cfg.UseDoRA || p.M != nil
 	}
 	js, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
@@ -203,9 +211,6 @@ func Load(dir string) (*Adapter, error) {
 	case cfg.Bias != "" && cfg.Bias != "none":
 		return nil, fmt.Errorf("%s: bias %q is not supported (only none)", cfgPath, cfg.Bias)
 	}
-	if v, ok := extra["use_dora"].(bool); ok && v {
-		return nil, fmt.Errorf("%s: DoRA adapters (use_dora) are not supported yet", cfgPath)
-	}
 
 	wPath := filepath.Join(dir, WeightsFile)
 	f, err := safetensors.Open(wPath)
@@ -222,7 +227,19 @@ func Load(dir string) (*Adapter, error) {
 		}
 	}
 	pairs := map[string]*Pair{}
+	mags := map[string][]float32{}
 	for _, info := range f.Tensors() {
+		if mm := magnitudeName.FindStringSubmatch(info.Name); mm != nil && cfg.UseDoRA {
+			if len(info.Shape) != 1 {
+				return nil, fmt.Errorf("%s: tensor %q has shape %v, want a vector", wPath, info.Name, info.Shape)
+			}
+			v, err := f.Float32(info.Name)
+			if err != nil {
+				return nil, err
+			}
+			mags[mm[1]] = v
+			continue
+		}
 		m := tensorName.FindStringSubmatch(info.Name)
 		if m == nil {
 			return nil, fmt.Errorf("%s: tensor %q is not a LoRA A/B weight; this adapter holds something loractl cannot apply", wPath, info.Name)
@@ -277,11 +294,28 @@ func Load(dir string) (*Adapter, error) {
 		if p.A == nil || p.B == nil {
 			return nil, fmt.Errorf("%s: %s has only one of lora_A and lora_B; the adapter file is incomplete", wPath, path)
 		}
+		if cfg.UseDoRA {
+			p.M = mags[path]
+			if len(p.M) != p.Module.Out {
+				return nil, fmt.Errorf("%s: use_dora is set but %s has no lora_magnitude_vector of %d values; the adapter file is incomplete", wPath, path, p.Module.Out)
+			}
+			delete(mags, path)
+		}
 		a.Pairs = append(a.Pairs, p)
 	}
 	if len(a.Pairs) == 0 {
 		return nil, fmt.Errorf("%s: no LoRA tensors", wPath)
 	}
+	for path := range mags {
+		return nil, fmt.Errorf("%s: %s has a lora_magnitude_vector but no lora_A/lora_B", wPath, path)
+	}
+	if cfg.UseDoRA && a.Config.Method == "" {
+		a.Config.Method = "dora"
+	}
 	a.sortPairs()
 	return a, nil
 }
+
+// magnitudeName matches PEFT's DoRA magnitude tensor names (with or without an adapter name, and
+// with the ".weight" of PEFT's ModuleDict form).
+var magnitudeName = regexp.MustCompile(`^(?:base_model\.model\.)?(.+)\.lora_magnitude_vector(?:\.[A-Za-z0-9_]+)?(?:\.weight)?$`)

@@ -267,3 +267,52 @@ func TestVeRASaveLoad(t *testing.T) {
 	}
 	check(b)
 }
+
+// TestDoRASaveLoad: DoRA's magnitude is saved as PEFT saves it (lora_magnitude_vector, use_dora)
+// and reads back; a file with use_dora but no magnitude is an error naming the module.
+func TestDoRASaveLoad(t *testing.T) {
+	a := newTestAdapter(t, storiesConfig(t), InitDefault, 3)
+	for _, p := range a.Pairs {
+		p.M = make([]float32, p.Module.Out)
+		for i := range p.M {
+			p.M[i] = float32(i) + 0.5
+		}
+	}
+	dir := t.TempDir()
+	if err := a.Save(dir); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(filepath.Join(dir, ConfigFile))
+	if !strings.Contains(string(raw), `"use_dora": true`) {
+		t.Fatalf("config has no use_dora: %s", raw)
+	}
+	f, err := safetensors.Open(filepath.Join(dir, WeightsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.Info("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"); !ok {
+		t.Fatal("no base_model.model.<path>.lora_magnitude_vector tensor")
+	}
+	f.Close()
+	b, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range a.Pairs {
+		if !slices.Equal(p.M, b.Pairs[i].M) {
+			t.Fatalf("%s: magnitude differs after load", p.Module.Path)
+		}
+	}
+	if b.Config.Method != "dora" {
+		t.Fatalf("method %q", b.Config.Method)
+	}
+	// use_dora without the magnitudes.
+	os.WriteFile(filepath.Join(dir, ConfigFile), raw, 0o644)
+	plain := newTestAdapter(t, storiesConfig(t), InitDefault, 3)
+	d2 := t.TempDir()
+	plain.Save(d2)
+	os.WriteFile(filepath.Join(d2, ConfigFile), raw, 0o644)
+	if _, err := Load(d2); err == nil || !strings.Contains(err.Error(), "no lora_magnitude_vector") {
+		t.Fatalf("use_dora without magnitudes: %v", err)
+	}
+}

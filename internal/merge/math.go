@@ -15,6 +15,7 @@ type lowRank struct {
 	a          []float64 // (r, in)
 	b          []float64 // (out, r)
 	coef       []float64 // (r)
+	m          []float32 // (out) DoRA's magnitude, nil for LoRA: the row becomes m/‖W0 + Δ‖·(W0 + Δ)
 }
 
 // term is one adapter's update of one weight: c·B·A with c = weight·scale.
@@ -24,6 +25,7 @@ type term struct {
 	a       []float32 // (r, in)
 	b       []float32 // (out, r)
 	c       float64   // w_i·s_i
+	m       []float32 // (out) DoRA's magnitude, nil for LoRA
 }
 
 // catTerms concatenates the ranks of terms: A stacked (Σr, in), B side by side (out, Σr), and
@@ -53,6 +55,20 @@ func catTerms(terms []term, in, out int) *lowRank {
 }
 
 // addRow adds row o of the delta to acc (in).
+// addDoRARow turns acc, holding row o of W0, into row o of diag(m/‖W0 + Δ‖)·(W0 + Δ), the
+// norm in float64.
+func (l *lowRank) addDoRARow(o int, acc []float64) {
+	l.addRow(o, acc)
+	var n2 float64
+	for _, v := range acc {
+		n2 += v * v
+	}
+	c := float64(l.m[o]) / math.Sqrt(n2)
+	for i := range acc {
+		acc[i] *= c
+	}
+}
+
 func (l *lowRank) addRow(o int, acc []float64) {
 	for j := 0; j < l.r; j++ {
 		bj := l.coef[j] * l.b[o*l.r+j]

@@ -374,7 +374,17 @@ func (mg *merger) loadAdapters() error {
 						file, p.Module.Path, f.which, f.v[j], describeIndex(j, f.shape))
 				}
 			}
-			mg.terms[w] = append(mg.terms[w], term{adapter: i, r: a.RankOf(p), a: p.A, b: p.B, c: spec.Weight * s})
+			if p.M != nil {
+				if mg.opt.Method != Linear || spec.Weight != 1 {
+					return fmt.Errorf("%s: a DoRA adapter (use_dora) folds into the base as diag(m/‖W0 + s·BA‖)·(W0 + s·BA), which is not a sum; merge it with --method linear at weight 1 (got --method %s, weight %g)", spec.Dir, mg.opt.Method, spec.Weight)
+				}
+				if len(mg.terms[w]) > 0 {
+					return fmt.Errorf("%s: %s is also adapted by %s; a DoRA adapter must be the only one on a weight (merge the others in a second run)", spec.Dir, w, mg.opt.Adapters[mg.terms[w][0].adapter].Dir)
+				}
+			} else if ts := mg.terms[w]; len(ts) > 0 && ts[0].m != nil {
+				return fmt.Errorf("%s: %s is also adapted by the DoRA adapter %s; a DoRA adapter must be the only one on a weight (merge the others in a second run)", spec.Dir, w, mg.opt.Adapters[ts[0].adapter].Dir)
+			}
+			mg.terms[w] = append(mg.terms[w], term{adapter: i, r: a.RankOf(p), m: p.M, a: p.A, b: p.B, c: spec.Weight * s})
 			mg.sum.AdapterBytes += int64(4 * (len(p.A) + len(p.B)))
 		}
 		if mg.opt.Method == Cat && i > 0 && a.Config.R != mg.sum.Adapters[0].Rank {
@@ -835,7 +845,11 @@ func (mg *merger) writeTensor(w io.Writer, out safetensors.TensorInfo) error {
 		for o := 0; o < nr; o++ {
 			row := blk[o*cols : (o+1)*cols]
 			for _, l := range lrs {
-				l.addRow(r0+o, row)
+				if l.m != nil {
+					l.addDoRARow(r0+o, row) // the only term of this weight
+				} else {
+					l.addRow(r0+o, row)
+				}
 			}
 			if dense != nil {
 				for i, d := range dense[(r0+o)*cols : (r0+o+1)*cols] {
@@ -890,6 +904,7 @@ func (mg *merger) delta(name string, ts []term, in, out int) ([]*lowRank, []floa
 		lrs := make([]*lowRank, len(ts))
 		for i, t := range ts {
 			lrs[i] = catTerms([]term{t}, in, out)
+			lrs[i].m = t.m
 		}
 		return lrs, nil
 	case Cat:

@@ -184,6 +184,11 @@ func (j *job) setup() error {
 			return err
 		}
 	}
+	if c.LoRA.Method == "dora" && a.Pairs[0].M == nil { // fresh, or --init-adapter from plain LoRA
+		if err := a.InitDoRA(j.m); err != nil {
+			return err
+		}
+	}
 	var composer engine.Composer
 	if c.LoRA.Composed() {
 		if j.variant, err = j.newVariant(a); err != nil {

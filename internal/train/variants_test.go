@@ -26,6 +26,7 @@ var variants = []struct {
 		c.LoRA.RankPattern = map[string]int{"down_proj": 2, "layers.4.self_attn.q_proj": 8}
 	}},
 	{"dylora", func(c *config.Train) { c.LoRA.Method, c.LoRA.RMin, c.LoRA.RMax = "dylora", 1, 6 }},
+	{"dora", func(c *config.Train) { c.LoRA.Method = "dora" }},
 	{"vera", func(c *config.Train) { c.LoRA.Method, c.LoRA.R, c.Train.LR = "vera", 16, 5e-2 }},
 	{"tied", func(c *config.Train) { c.LoRA.Method = "tied" }},
 	{"nola", func(c *config.Train) { c.LoRA.Method, c.LoRA.NolaK, c.Train.LR = "nola", 16, 5e-3 }},
