@@ -19,13 +19,14 @@ methods=(
 	"asymmetric lora|lora.freeze_a=true lora.init_a=orthogonal"
 	"rank_schedule linear|lora.rank_schedule=linear lora.r_min=2 lora.r_max=12"
 	"dylora|lora.method=dylora lora.r_min=1 lora.r_max=8"
-	"vera|lora.method=vera lora.r=64 train.lr=2e-2"
+	"dora|lora.method=dora"
+	"vera|lora.method=vera lora.r=256 train.lr=2e-2"
 	"tied|lora.method=tied"
 	"nola|lora.method=nola lora.nola_k=64 train.lr=1e-2"
-	"sora|lora.method=sora lora.sora_lambda=1e-1"
+	"sora|lora.method=sora lora.sora_lambda=5"
 	"adalora|lora.method=adalora lora.init_r=12 lora.target_r=8 lora.tinit=20 lora.tfinal=40 lora.delta_t=10"
 )
-printf '| method | options | trainable params | peak RSS | tokens/s | eval loss (start → end) |\n|---|---|---|---|---|---|\n'
+printf '| method | options | trainable params | peak RSS | tokens/s | eval loss (start → end) | saved ranks |\n|---|---|---|---|---|---|---|\n'
 for m in "${methods[@]}"; do
 	name="${m%%|*}"
 	opts="${m#*|}"
@@ -43,7 +44,15 @@ path, name, opts, trainable, rss = sys.argv[1:]
 recs = [json.loads(l) for l in open(path)]
 tps = statistics.median(r["tokens_per_s"] for r in recs if r.get("tokens_per_s") is not None and r["step"] > 0)
 ev = [r["eval_loss"] for r in recs if r.get("eval_loss") is not None]
-print(f"| {name} | `{opts or 'defaults'}` | {int(trainable):,} | {rss} | {tps:,.0f} | {ev[0]:.4f} → {ev[-1]:.4f} |")
+cfg = json.load(open(path.rsplit("/", 1)[0] + "/adapter_config.json"))
+ranks = "—"
+if cfg.get("peft_type") == "LORA":
+    import struct
+    raw = open(path.rsplit("/", 1)[0] + "/adapter_model.safetensors", "rb").read()
+    hlen = struct.unpack("<Q", raw[:8])[0]
+    hdr = json.loads(raw[8:8 + hlen])
+    rs = [v["shape"][0] for k, v in hdr.items() if k.endswith("lora_A.weight")]
+    ranks = f"{min(rs)}–{max(rs)}, Σ {sum(rs)} over {len(rs)}" if min(rs) != max(rs) else f"{rs[0]} × {len(rs)}"
+print(f"| {name} | `{opts or 'defaults'}` | {int(trainable):,} | {rss} | {tps:,.0f} | {ev[0]:.4f} → {ev[-1]:.4f} | {ranks} |")
 PY
-	grep -h "effective ranks" "$log" | cut -c1-200 || true
 done

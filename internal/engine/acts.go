@@ -26,6 +26,9 @@ type layerActs struct {
 type acts struct {
 	B, T int
 	all  []backend.Buffer // everything allocated here, for freeing
+	// notKept counts the floats of Linear inputs that are written to a shared scratch instead
+	// of being kept per layer (no dW, no trainable dA reads them: LoRA-FA, unadapted Linears).
+	notKept int64
 
 	xs     []backend.Buffer // (L+1) each (N, C): the input of every block, then the final residual
 	layers []layerActs      // (L), or (1) shared by all blocks with gradient checkpointing
@@ -91,6 +94,7 @@ func (e *Engine) newActs(B, T int, ckpt bool, alloc func(n int) backend.Buffer) 
 		if keep(l, lins...) {
 			return get(n)
 		}
+		a.notKept += int64(n)
 		if *scratch == nil {
 			*scratch = get(n)
 		}
@@ -238,6 +242,10 @@ type MemoryPlan struct {
 	Optimizer                  int64 // AdamW's two moments (held on the host by internal/optim)
 	Activations                int64 // activations, gradients of activations and scratch, as configured
 	ActivationsNoCheckpointing int64 // the same without gradient checkpointing
+	// InputsNotKept is the memory of Linear inputs that no backward product reads (frozen
+	// weights with a frozen or absent LoRA A: LoRA-FA), shared by the layers instead of kept
+	// per layer; it is not in Activations except for the one shared scratch per width.
+	InputsNotKept int64
 }
 
 // countBuf is a Buffer of a given length that holds nothing: MemoryPlan's allocator.
@@ -249,9 +257,13 @@ func (c countBuf) Len() int { return int(c) }
 // MemoryPlan returns the memory of a micro-batch of B rows of T tokens, counted with the
 // layout that ForwardBackward allocates.
 func (e *Engine) MemoryPlan(B, T int) MemoryPlan {
+	var notKept int64
 	count := func(ckpt bool) int64 {
 		var n int64
-		e.newActs(B, T, ckpt, func(k int) backend.Buffer { n += int64(k); return countBuf(k) })
+		a := e.newActs(B, T, ckpt, func(k int) backend.Buffer { n += int64(k); return countBuf(k) })
+		if ckpt == e.opt.GradCheckpointing {
+			notKept = 4 * a.notKept
+		}
 		return 4 * n
 	}
 	nt := 4 * e.NumTrainable()
@@ -262,6 +274,7 @@ func (e *Engine) MemoryPlan(B, T int) MemoryPlan {
 		Optimizer:                  2 * nt,
 		Activations:                count(e.opt.GradCheckpointing),
 		ActivationsNoCheckpointing: count(false),
+		InputsNotKept:              notKept,
 	}
 }
 

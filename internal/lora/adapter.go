@@ -145,7 +145,7 @@ func New(cfg Config, mods []Module, init Init, rng *rand.Rand) (*Adapter, error)
 		if r < 1 {
 			return nil, fmt.Errorf("%s: rank %d of %s; want at least 1", key, r, m.Path)
 		}
-		if r > min(m.In, m.Out) {
+		if r > min(m.In, m.Out) && cfg.Method != "vera" { // VeRA's shared random projections may be wider (PEFT's default r is 256)
 			return nil, fmt.Errorf("%s %d is larger than min(in, out) = %d of %s (%d×%d); choose r ≤ %d",
 				key, r, min(m.In, m.Out), m.Path, m.Out, m.In, min(m.In, m.Out))
 		}

@@ -264,6 +264,9 @@ func (j *job) dryRun() error {
 		fmt.Fprintf(j.log, "  %-36s %10.2f MiB\n", r.k, float64(r.v)/(1<<20))
 	}
 	j.printQuantPlan()
+	if p.InputsNotKept > 0 {
+		fmt.Fprintf(j.log, "  Linear inputs not kept for backward (only a trainable A or W would read them): %.2f MiB saved\n", float64(p.InputsNotKept)/(1<<20))
+	}
 	if c.Train.GradCheckpointing {
 		fmt.Fprintf(j.log, "  gradient checkpointing saves %.2f MiB of activations\n", float64(p.ActivationsNoCheckpointing-p.Activations)/(1<<20))
 	}

@@ -206,6 +206,9 @@ func (j *job) describeAdapter(a *lora.Adapter) {
 		}
 		fmt.Fprintf(j.log, "adapters: %d modules, r %d to %d: %s\n", len(a.Pairs), rmin, rmax, strings.Join(parts, "; "))
 	}
+	if l.Method == "dora" {
+		fmt.Fprintf(j.log, "dora: trains A, B and a magnitude m (out) per module, started at ‖W0‖ per row; the norm is detached in backward (DoRA's memory-saving form, as PEFT)\n")
+	}
 	if l.Method == "dylora" {
 		fmt.Fprintf(j.log, "dylora: each step trains the leading b ranks, b uniform in [%d, %d], at scale alpha/b; eval and the saved adapter use r %d; `eval --rank k` and `merge --rank k` truncate it\n", l.RMin, l.RMax, l.RMax)
 	}
@@ -226,6 +229,8 @@ func hostParts(l config.LoRASection) string {
 	switch {
 	case l.Method == "dylora":
 		return ", DyLoRA's rank sampling (the masked A and B are uploaded once per step)"
+	case l.Method == "dora":
+		return "; DoRA: the norms ‖W0 + s·BA‖ from A·W0ᵀ (device) and A·Aᵀ (host) once per step, and the column scaling by m/‖·‖ with its reduction and the bias on the host (the (N, out) output and gradient of each adapted Linear are downloaded and uploaded: no column-scale op on the backend yet)"
 	case l.Composed():
 		return fmt.Sprintf(", factor composition: host (%s's parameters → A', B' each step, uploaded; dA', dB' downloaded and back-propagated into them: O(r·(in+out)) per module)", l.Method)
 	}
