@@ -9,13 +9,16 @@ import (
 )
 
 // sora is SoRA (Ding et al. 2023): a gate g (r) between A and B, ΔW = s·B·diag(g)·A. A and B
-// train with AdamW; g by a proximal gradient step with L1 strength λ after every optimizer
-// step, g ← sign(g')·max(|g'| − η·λ, 0) with g' = g − η·∂L/∂g and η the step's learning rate,
-// so that ranks whose gate reaches zero drop out (and are removed when saving).
+// train with AdamW; g by a proximal step with L1 strength λ after every optimizer step,
+// g ← sign(g')·max(|g'| − η·λ, 0), with η the step's learning rate and g' = g − η·m̂/(√v̂+ε)
+// an Adam step on the gate's own gradient (as the SoRA authors' sparse AdamW does: a plain
+// gradient step at LoRA learning rates barely moves the gates, and the L1 term alone then
+// shrinks them all alike). Ranks whose gate reaches zero drop out (and are removed at save).
 type sora struct {
 	a      *lora.Adapter
 	A, B   [][]float32 // per pair: (r, in), (out, r)
 	g, dg  [][]float32 // per pair: gate (r) and its gradient
+	gm, gv [][]float32 // per pair: the gate's Adam moments (r)
 	dA, dB [][]float32
 	params []optim.Param
 	lambda float64
@@ -34,6 +37,7 @@ func NewSoRA(a *lora.Adapter, o Options) (Method, error) {
 		fill(g, 1)
 		pa, pb := paramOf(p.Module.Path+".lora_A.weight", A), paramOf(p.Module.Path+".lora_B.weight", B)
 		s.A, s.B, s.g = append(s.A, A), append(s.B, B), append(s.g, g)
+		s.gm, s.gv = append(s.gm, make([]float32, len(g))), append(s.gv, make([]float32, len(g)))
 		s.dA, s.dB, s.dg = append(s.dA, pa.Grad), append(s.dB, pb.Grad), append(s.dg, make([]float32, len(g)))
 		s.params = append(s.params, pa, pb)
 	}
@@ -86,13 +90,27 @@ func (s *sora) Backward(dA, dB [][]float32) error {
 	return nil
 }
 
-// AfterStep is the gate's proximal step.
+// Adam constants of the gate step (PyTorch's AdamW defaults, no weight decay: the L1 term is
+// the gate's regulariser).
+const (
+	soraBeta1 = 0.9
+	soraBeta2 = 0.999
+	soraEps   = 1e-8
+)
+
+// AfterStep is the gate's proximal step; step counts from 1 (Adam's bias correction).
 func (s *sora) AfterStep(step int, lr float64) {
 	t := lr * s.lambda
+	c1 := 1 - math.Pow(soraBeta1, float64(step))
+	c2 := 1 - math.Pow(soraBeta2, float64(step))
 	for i := range s.g {
 		for k, g := range s.g[i] {
-			v := float64(g) - lr*float64(s.dg[i][k])
-			s.g[i][k] = float32(math.Copysign(math.Max(math.Abs(v)-t, 0), v))
+			d := float64(s.dg[i][k])
+			m := soraBeta1*float64(s.gm[i][k]) + (1-soraBeta1)*d
+			v := soraBeta2*float64(s.gv[i][k]) + (1-soraBeta2)*d*d
+			s.gm[i][k], s.gv[i][k] = float32(m), float32(v)
+			u := float64(g) - lr*(m/c1)/(math.Sqrt(v/c2)+soraEps)
+			s.g[i][k] = float32(math.Copysign(math.Max(math.Abs(u)-t, 0), u))
 		}
 	}
 }
@@ -101,6 +119,8 @@ func (s *sora) State() map[string][]float32 {
 	extra := map[string][]float32{}
 	for i, p := range s.a.Pairs {
 		extra[p.Module.Path+".sora_gate"] = s.g[i]
+		extra[p.Module.Path+".sora_gate.adam_m"] = s.gm[i]
+		extra[p.Module.Path+".sora_gate.adam_v"] = s.gv[i]
 	}
 	return stateOf(s.params, extra)
 }
@@ -142,5 +162,5 @@ func (s *sora) EffectiveRanks() []int {
 }
 
 func (s *sora) Describe() string {
-	return fmt.Sprintf("sora: LoRA A, B (AdamW) with a gate g (r) per module between them, updated by a proximal L1 step (λ = %g, η = lr) after each optimizer step; zero gates are removed at save", s.lambda)
+	return fmt.Sprintf("sora: LoRA A, B (AdamW) with a gate g (r) per module between them, updated by an Adam step and a proximal L1 step (threshold η·λ, λ = %g, η = lr) after each optimizer step; zero gates are removed at save", s.lambda)
 }

@@ -148,7 +148,7 @@ func TestAdaLoRABudget(t *testing.T) {
 	}
 }
 
-// TestSoRAProximal: the gate step is soft thresholding, zero gates are removed at save with
+// TestSoRAProximal: the gate step is an Adam step then soft thresholding, zero gates are removed at save with
 // the update unchanged.
 func TestSoRAProximal(t *testing.T) {
 	a := testAdapter(t, 4)
@@ -165,8 +165,8 @@ func TestSoRAProximal(t *testing.T) {
 	}
 	s.g[0] = []float32{1, 0.0005, -0.002, 0.5}
 	s.dg[0] = []float32{0, 0, 0, 100}
-	s.AfterStep(1, 1e-4) // threshold 1e-3, g' = g − 1e-4·dg
-	want := []float32{1 - 1e-3, 0, -0.001, 0.49 - 1e-3}
+	s.AfterStep(1, 1e-4) // threshold 1e-3; Adam's first step moves by lr·sign(dg)
+	want := []float32{1 - 1e-3, 0, -0.001, 0.5 - 1e-4 - 1e-3}
 	for k, w := range want {
 		if math.Abs(float64(s.g[0][k]-w)) > 1e-6 {
 			t.Fatalf("gate %v, want %v", s.g[0], want)
