@@ -25,6 +25,11 @@
 #                 (scripts/bench_peft.py, bf16 base, SDPA) on the same random-init weights and
 #                 tokens: tokens/s, peak GPU memory (nvidia-smi, sampled every 100 ms, for both),
 #                 MFU against 989 dense bf16 TFLOP/s
+#   8. methods    every LoRA variant of docs/METHODS.md (quickstart, 30 steps) on the GPU and on the
+#                 CPU: every step's loss within 1%, the placement line of --dry-run on the GPU, and
+#                 the GPU adapter loaded by PEFT (its own format: LoRA, DoRA or VeRA) with the
+#                 logits of `loractl merge` of it equal to base + PEFT adapter
+#                 (scripts/peft_fidelity.py --merged)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 B=build/gpu
@@ -82,12 +87,13 @@ sys.exit(0 if len(c) == len(g) == 50 and worst <= 0.01 else 1)
 PY"
 	step peft-fidelity peft_fidelity "$root" "$out"
 	step speed-vs-peft speed_vs_peft "$root" "$out"
+	step methods methods_check "$root" "$out"
 	{
 		echo "# loractl GPU check"
 		echo
 		echo "commit $(cat "$B/commit" 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%MZ)"
 		echo
-		for f in devices cuda-tests kernels generate-vs-cpu train-vs-cpu peft-fidelity speed-vs-peft; do
+		for f in devices cuda-tests kernels generate-vs-cpu train-vs-cpu peft-fidelity speed-vs-peft methods; do
 			echo "## $f"
 			echo '```'
 			tail -n 60 "$out/$f.log"
@@ -159,11 +165,64 @@ PY
 	return $rc
 }
 
+# The LoRA variants of the methods step: name | --set options (tiny-arith, 30 steps).
+METHODS=(
+	"lora+|lora.lora_plus_ratio=16"
+	"lora-fa|lora.freeze_a=true lora.init_a=orthogonal"
+	"rank_schedule|lora.rank_schedule=linear lora.r_min=2 lora.r_max=8"
+	"dylora|lora.method=dylora lora.r_min=1 lora.r_max=8"
+	"dora|lora.method=dora"
+	"vera|lora.method=vera lora.r=64 train.lr=1e-2"
+	"tied|lora.method=tied"
+	"nola|lora.method=nola lora.nola_k=16 train.lr=1e-2"
+	"sora|lora.method=sora lora.sora_lambda=2"
+	"adalora|lora.method=adalora lora.init_r=8 lora.target_r=4 lora.tinit=5 lora.tfinal=10 lora.delta_t=5"
+)
+
+# methods_check ROOT OUT [DEVICES]: the step methods (see the header). DEVICES defaults to
+# "cpu cuda:0"; the PEFT half runs where python3 has peft.
+methods_check() {
+	local L=$1/$B/loractl out=$2/methods devs=${3:-cpu cuda:0} m name opts d rc=0 sets o
+	mkdir -p "$out"
+	for m in "${METHODS[@]}"; do
+		name=${m%%|*}
+		opts=${m#*|}
+		sets=()
+		for o in $opts; do sets+=(--set "$o"); done
+		echo "== $name ($opts)"
+		for d in $devs; do
+			"$L" train --config configs/quickstart.yaml --quiet --overwrite --max-steps 30 --set train.eval_every=0 \
+				--set train.save_every=0 "${sets[@]}" --set train.device="$d" --out "$out/$name-$d" || { echo "$name on $d: train failed"; rc=1; continue 2; }
+		done
+		"$L" train --config configs/quickstart.yaml "${sets[@]}" --set train.device="${devs##* }" --dry-run --out "$out/$name-dry" 2>&1 | sed -n '/^adapters:/,/^memory plan/p' | grep -v '^memory plan'
+		python3 - "$out/$name-"*/metrics.jsonl <<'PY' || rc=1
+import json, sys
+def losses(p):
+    return [r['loss'] for r in map(json.loads, open(p)) if r.get('loss') is not None and r.get('step', 0) > 0]
+runs = [losses(p) for p in sys.argv[1:]]
+first = runs[0]
+worst = max((abs(a - b) / abs(a) for r in runs[1:] for a, b in zip(first, r)), default=0.0)
+print(f"loss {first[0]:.4f} -> {first[-1]:.4f} over {len(first)} steps; {len(runs)} devices, worst relative difference {worst:.2e}")
+sys.exit(0 if all(len(r) == 30 for r in runs) and worst <= 0.01 and first[-1] < first[0] else 1)
+PY
+		local a="$out/$name-${devs##* }"
+		"$L" merge --base models/tiny-arith --adapter "$a" --out "$a-merged" --dtype f32 --overwrite >/dev/null || { echo "$name: merge failed"; rc=1; continue; }
+		if python3 -c 'import peft' 2>/dev/null; then
+			python3 scripts/peft_fidelity.py --base models/tiny-arith --adapter "$a" --merged "$a-merged" || rc=1
+		else
+			echo "peft is not installed here: skipped the PEFT load"
+		fi
+	done
+	return $rc
+}
+
 case "${1:-}" in
 prepare) prepare ;;
 run) run "${2:-}" ;;
+methods-cpu) # the CPU half of the methods step, for a machine without a GPU (after prepare, or with B=...)
+	methods_check "$(pwd)" "${2:?usage: scripts/gpu-check.sh methods-cpu OUTDIR}" cpu ;;
 *)
-	echo "usage: scripts/gpu-check.sh prepare | run OUTDIR" >&2
+	echo "usage: scripts/gpu-check.sh prepare | run OUTDIR | methods-cpu OUTDIR" >&2
 	exit 2
 	;;
 esac

@@ -4,8 +4,8 @@
 Three checks, each against transformers + PEFT as the reference:
 
 1. load:     PeftModel.from_pretrained(base, ADAPTER) takes every tensor of
-             adapter_model.safetensors: each lora_A / lora_B weight in the PEFT model equals
-             the file's tensor bit for bit, and no adapted module is left without one.
+             adapter_model.safetensors (LoRA, DoRA or VeRA): each one equals the PEFT
+             model's tensor bit for bit, and no trainable PEFT tensor is left without one.
 2. merged:   the folder `loractl merge` wrote loads with AutoModelForCausalLM, and its logits
              equal those of base + PEFT adapter (float32) within --rtol.
 3. generate: PEFT's greedy generation from each prompt of IDS (the JSON lines that
@@ -17,6 +17,7 @@ Three checks, each against transformers + PEFT as the reference:
 
 import argparse
 import json
+import re
 import sys
 
 import torch
@@ -44,19 +45,22 @@ def main():
     base = AutoModelForCausalLM.from_pretrained(a.base, torch_dtype=torch.float32).to(dev).eval()
     model = PeftModel.from_pretrained(base, a.adapter).to(dev).eval()
 
-    # 1. every tensor of the file is in the model, unchanged
+    # 1. every tensor of the file is in the model, unchanged, and every trainable tensor of the
+    #    PEFT model came from the file (LoRA: lora_A/lora_B; DoRA: also lora_magnitude_vector;
+    #    VeRA: vera_lambda_b/d, and the shared vera_A/vera_B when the file holds them)
     want = load_file(f"{a.adapter}/adapter_model.safetensors")
-    got = {k: v for k, v in model.state_dict().items() if "lora_" in k}
 
-    def canon(k):  # PEFT inserts the adapter name: ...lora_A.default.weight
-        return k.replace(".default.", ".")
+    def canon(k):  # PEFT inserts the adapter name: ...lora_A.default.weight, ...vera_lambda_b.default
+        k = re.sub(r"\.default(?=\.|$)", "", k)
+        return k[: -len(".weight")] if k.endswith("lora_magnitude_vector.weight") else k
 
-    got_c = {canon(k): v for k, v in got.items()}
-    missing = [k for k in want if k not in got_c]
-    unloaded = [k for k in got_c if k not in want and "lora_magnitude" not in k]
-    differ = [k for k in want if k in got_c and not torch.equal(got_c[k].cpu(), want[k].to(got_c[k].dtype))]
-    print(f"load: {len(want)} tensors in the file, {len(got_c)} LoRA tensors in the PEFT model; "
-          f"missing {len(missing)}, not in the file {len(unloaded)}, different {len(differ)}")
+    state = {canon(k): v for k, v in model.state_dict().items()}
+    trainable = [canon(k) for k, p in model.named_parameters() if p.requires_grad]
+    missing = [k for k in want if k not in state]
+    unloaded = [k for k in trainable if k not in want]
+    differ = [k for k in want if k in state and not torch.equal(state[k].cpu(), want[k].to(state[k].dtype))]
+    print(f"load ({model.peft_config['default'].peft_type}): {len(want)} tensors in the file, {len(trainable)} trainable "
+          f"tensors in the PEFT model; missing {len(missing)}, not from the file {len(unloaded)}, different {len(differ)}")
     if missing or unloaded or differ:
         failures.append("load")
         for k in (missing + unloaded + differ)[:10]:

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -299,5 +300,51 @@ func TestZeroBLeavesModelUnchanged(t *testing.T) {
 	got, _ = m.ForwardAll(tokens)
 	if slices.Equal(got, want) {
 		t.Fatal("an adapter with B ≠ 0 left the logits unchanged")
+	}
+}
+
+// TestPEFTTargets: target_modules names the adapted modules as PEFT matches them: short names
+// (with layers_to_transform) for a full set, else one regular expression that PEFT full-matches
+// against each module path and that matches exactly the adapted ones.
+func TestPEFTTargets(t *testing.T) {
+	mods := Modules(storiesConfig(t))
+	sel := func(targets []string, layers []int) []Module {
+		m, err := Select(mods, targets, layers)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	qv := sel([]string{"q_proj", "v_proj"}, nil)
+	if got, l := peftTargets(qv, nil, false, 5); !slices.Equal(got.([]string), []string{"q_proj", "v_proj"}) || l != nil {
+		t.Fatalf("q,v: %v %v", got, l)
+	}
+	some := sel([]string{"all-linear"}, []int{0, 4})
+	if got, l := peftTargets(some, []int{0, 4}, false, 5); len(got.([]string)) != 7 || !slices.Equal(l, []int{0, 4}) {
+		t.Fatalf("layers 0, 4: %v %v", got, l)
+	}
+	for name, c := range map[string]struct {
+		mods   []Module
+		pruned bool
+	}{
+		"one dropped":      {append(slices.Clone(qv[:3]), qv[4:]...), false},
+		"regex selection":  {sel([]string{`re:model\.layers\.[01]\.mlp\..*`}, nil), false},
+		"pruned, complete": {qv[:8], true}, // layers 0–3 of 5: looks complete but is not
+	} {
+		got, l := peftTargets(c.mods, nil, c.pruned, 5)
+		pat, ok := got.(string)
+		if !ok || l != nil {
+			t.Fatalf("%s: %v %v, want a regular expression and no layers", name, got, l)
+		}
+		re := regexp.MustCompile(`^(?:` + pat + `)$`) // Python's re.fullmatch
+		want := map[string]bool{}
+		for _, m := range c.mods {
+			want[m.Path] = true
+		}
+		for _, m := range mods {
+			if re.MatchString(m.Path) != want[m.Path] {
+				t.Errorf("%s: %s matched %v, want %v (%s)", name, m.Path, !want[m.Path], want[m.Path], pat)
+			}
+		}
 	}
 }

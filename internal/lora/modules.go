@@ -110,6 +110,43 @@ func Select(mods []Module, targets []string, layers []int) ([]Module, error) {
 }
 
 // shortNames returns the sorted distinct short names of mods (PEFT's target_modules list).
+// peftTargets returns PEFT's target_modules and layers_to_transform for an adapter over mods:
+// the short names (with layers) when mods are every such module of the layers they cover (all
+// numLayers layers, or those of layers_to_transform), or
+// else one regular expression that PEFT full-matches against module paths, naming each module
+// (PEFT forbids layers_to_transform with a string target_modules, so it is nil then).
+func peftTargets(mods []Module, layers []int, pruned bool, numLayers int) (any, []int) {
+	names := shortNames(mods)
+	seen := map[string]bool{}
+	lay := map[int]bool{}
+	maxL := -1
+	for _, m := range mods {
+		seen[m.Path] = true
+		lay[m.Layer] = true
+		maxL = max(maxL, m.Layer)
+	}
+	full := !pruned && len(seen) == len(lay)*len(names)
+	if full && len(layers) > 0 {
+		full = len(layers) == len(lay)
+		for _, l := range layers {
+			full = full && lay[l]
+		}
+	} else if full && numLayers > 0 {
+		full = len(lay) == numLayers
+	} else if full {
+		full = len(lay) == maxL+1 // every layer from 0 up, as far as is known
+	}
+	if full {
+		return names, layers
+	}
+	paths := make([]string, 0, len(seen))
+	for p := range seen {
+		paths = append(paths, regexp.QuoteMeta(p))
+	}
+	sort.Strings(paths)
+	return "(?:" + strings.Join(paths, "|") + ")", nil
+}
+
 func shortNames(mods []Module) []string {
 	seen := map[string]bool{}
 	for _, m := range mods {

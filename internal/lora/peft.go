@@ -150,10 +150,11 @@ func (a *Adapter) Save(dir string) error {
 	if err := safetensors.Write(filepath.Join(dir, WeightsFile), ts, meta); err != nil {
 		return err
 	}
+	targets, layers := peftTargets(mods, a.Config.Layers, a.Config.Pruned, a.Config.NumLayers)
 	cfg := peftConfig{
 		PeftType: "LORA", TaskType: "CAUSAL_LM", R: a.Config.R, LoraAlpha: a.Config.Alpha, LoraDropout: a.Config.Dropout,
-		TargetModules: shortNames(mods), UseRSLoRA: a.Config.RSLoRA, Bias: "none", BaseModel: a.Config.Base,
-		InferenceMode: true, LayersToTransform: a.Config.Layers, InitLoraWeights: true,
+		TargetModules: targets, UseRSLoRA: a.Config.RSLoRA, Bias: "none", BaseModel: a.Config.Base,
+		InferenceMode: true, LayersToTransform: layers, InitLoraWeights: true,
 	}
 	if len(rankPat) > 0 {
 		cfg.RankPattern = rankPat

@@ -107,9 +107,10 @@ func SaveVeRA(dir string, v *VeRA) error {
 	if err := safetensors.Write(filepath.Join(dir, WeightsFile), ts, meta); err != nil {
 		return err
 	}
-	cfg := veraConfig{PeftType: "VERA", TaskType: "CAUSAL_LM", R: r, TargetModules: shortNames(mods), SaveProjection: true,
+	targets, layers := peftTargets(mods, v.Config.Layers, v.Config.Pruned, v.Config.NumLayers)
+	cfg := veraConfig{PeftType: "VERA", TaskType: "CAUSAL_LM", R: r, TargetModules: targets, SaveProjection: true,
 		VeraDropout: v.Config.Dropout, DInitial: v.DInitial, Bias: "none", InitWeights: true,
-		LayersToTransform: v.Config.Layers, BaseModel: v.Config.Base, InferenceMode: true}
+		LayersToTransform: layers, BaseModel: v.Config.Base, InferenceMode: true}
 	js, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return err

@@ -220,6 +220,7 @@ func (j *job) newAdapter() (*lora.Adapter, error) {
 			return nil, err
 		}
 		a.Config.Fingerprint = lora.Fingerprint(mc)
+		a.Config.NumLayers = mc.NumHiddenLayers
 		return a, nil
 	}
 	mods, err := lora.Select(lora.Modules(mc), c.LoRA.Targets, c.LoRA.Layers)

@@ -116,7 +116,7 @@ func loadVariantState(m variant.Method, dir string) error {
 func adapterConfig(c *config.Train, mc *model.Config, mods []lora.Module) (lora.Config, error) {
 	l := c.LoRA
 	lc := lora.Config{R: l.R, Alpha: l.Alpha, Dropout: l.Dropout, RSLoRA: l.RSLoRA, Layers: l.Layers,
-		Base: c.Model.Path, Fingerprint: lora.Fingerprint(mc), Method: l.Method}
+		Base: c.Model.Path, Fingerprint: lora.Fingerprint(mc), Method: l.Method, NumLayers: mc.NumHiddenLayers}
 	switch {
 	case l.Method == "dylora":
 		lc.R, lc.RMin = l.RMax, l.RMin
