@@ -139,7 +139,7 @@ func DefaultTrain() Train {
 		Data:  DataSection{EvalFraction: 0.05, Format: "auto", SeqLen: 256, Packing: true},
 		LoRA: LoRASection{Method: "lora", R: 8, Alpha: 16, Targets: []string{"q_proj", "v_proj"},
 			Init: "default", LoftQIter: 1, RankSchedule: "none", InitA: "default",
-			DInitial: 0.1, NolaK: 64, SoraLambda: 1e-3, TargetR: 4, TInit: 10, TFinal: 20, DeltaT: 10,
+			DInitial: 0.1, NolaK: 64, SoraLambda: 1, TargetR: 4, TInit: 10, TFinal: 20, DeltaT: 10,
 			Beta1: 0.85, Beta2: 0.85, OrthWeight: 0.5},
 		Train: TrainSection{Device: "auto", LR: 2e-4, Schedule: "cosine", Warmup: 10, MaxSteps: 200, BatchSize: 4,
 			GradAccum: 1, MaxGradNorm: 1.0, Seed: 42, EvalEvery: 50, EvalBatches: 8},

@@ -3,6 +3,7 @@ package variant
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 
 	"github.com/loractl/loractl/internal/lora"
 	"github.com/loractl/loractl/internal/optim"
@@ -25,7 +26,9 @@ type sora struct {
 }
 
 // NewSoRA makes a SoRA method from a freshly initialised adapter a (its A and B are the
-// starting A and B; the gates start at 1).
+// starting A and B). The gates start standard normal, seeded per module from o.Seed, as in the
+// SoRA authors' code: their spread is what lets the L1 step prune some ranks before others
+// (with B = 0 the model still starts at the base).
 func NewSoRA(a *lora.Adapter, o Options) (Method, error) {
 	if o.SoraLambda < 0 {
 		return nil, fmt.Errorf("lora.sora_lambda must not be negative, got %g", o.SoraLambda)
@@ -34,7 +37,10 @@ func NewSoRA(a *lora.Adapter, o Options) (Method, error) {
 	for _, p := range a.Pairs {
 		A, B := append([]float32(nil), p.A...), append([]float32(nil), p.B...)
 		g := make([]float32, a.RankOf(p))
-		fill(g, 1)
+		rng := rand.New(rand.NewPCG(o.Seed, seedOf(p.Module.Path)^0x50ba))
+		for k := range g {
+			g[k] = float32(rng.NormFloat64())
+		}
 		pa, pb := paramOf(p.Module.Path+".lora_A.weight", A), paramOf(p.Module.Path+".lora_B.weight", B)
 		s.A, s.B, s.g = append(s.A, A), append(s.B, B), append(s.g, g)
 		s.gm, s.gv = append(s.gm, make([]float32, len(g))), append(s.gv, make([]float32, len(g)))
