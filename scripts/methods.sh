@@ -23,7 +23,7 @@ methods=(
 	"vera|lora.method=vera lora.r=256 train.lr=2e-2"
 	"tied|lora.method=tied"
 	"nola|lora.method=nola lora.nola_k=64 train.lr=1e-2"
-	"sora|lora.method=sora lora.sora_lambda=5"
+	"sora|lora.method=sora lora.sora_lambda=2"
 	"adalora|lora.method=adalora lora.init_r=12 lora.target_r=8 lora.tinit=20 lora.tfinal=40 lora.delta_t=10"
 )
 printf '| method | options | trainable params | peak RSS | tokens/s | eval loss (start → end) | saved ranks |\n|---|---|---|---|---|---|---|\n'

@@ -460,15 +460,9 @@ func (e *Engine) ZeroGrads() {
 	}
 }
 
-// SyncGrads copies the device gradients into Params()[i].Grad.
+// SyncGrads copies the device gradients into Params()[i].Grad; with a Composer it downloads
+// dA', dB' and back-propagates them into the composer's parameters.
 func (e *Engine) SyncGrads() error {
-	if err := e.syncGrads(); err != nil {
-		return err
-	}
-	return nil
-}
-
-func (e *Engine) syncGrads() error {
 	if c := e.opt.Composer; c != nil {
 		for i, ll := range e.lls {
 			if err := e.be.Download(e.effDA[i], ll.da); err != nil {
