@@ -316,3 +316,83 @@ func TestDoRASaveLoad(t *testing.T) {
 		t.Fatalf("use_dora without magnitudes: %v", err)
 	}
 }
+
+// TestVeRAWithoutProjections: a VeRA adapter saved as PEFT does with save_projection=False (no
+// vera_A, vera_B in the file) loads with the projections regenerated from projection_prng_key,
+// exactly as the one that holds them.
+func TestVeRAWithoutProjections(t *testing.T) {
+	c := storiesConfig(t)
+	mods, _ := Select(Modules(c), []string{"v_proj", "up_proj"}, nil)
+	r, key := 4, uint64(1234)
+	maxIn, maxOut := 0, 0
+	for _, m := range mods {
+		maxIn, maxOut = max(maxIn, m.In), max(maxOut, m.Out)
+	}
+	A, B := VeRAProjections(key, r, maxIn, maxOut)
+	v := &VeRA{Config: Config{R: r}, A: A, B: B, MaxIn: maxIn, MaxOut: maxOut, DInitial: 0.1, PRNGKey: key}
+	rng := rand.New(rand.NewPCG(9, 9))
+	for _, m := range mods {
+		p := VeRAPair{Module: m, LambdaB: make([]float32, m.Out), LambdaD: make([]float32, r)}
+		for i := range p.LambdaB {
+			p.LambdaB[i] = float32(rng.NormFloat64())
+		}
+		for i := range p.LambdaD {
+			p.LambdaD[i] = float32(rng.NormFloat64())
+		}
+		v.Pairs = append(v.Pairs, p)
+	}
+	full, bare := t.TempDir(), t.TempDir()
+	if err := SaveVeRA(full, v); err != nil {
+		t.Fatal(err)
+	}
+	want, err := Load(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The PEFT-style copy: lambdas only, no loractl metadata, save_projection false.
+	f, err := safetensors.Open(filepath.Join(full, WeightsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ts []safetensors.Tensor
+	for _, info := range f.Tensors() {
+		if strings.HasPrefix(info.Name, "base_model.vera_") {
+			continue
+		}
+		vals, _ := f.Float32(info.Name)
+		b, _ := safetensors.EncodeFloat32(safetensors.F32, vals)
+		ts = append(ts, safetensors.Tensor{Name: info.Name, DType: safetensors.F32, Shape: info.Shape, Data: b})
+	}
+	f.Close()
+	if err := safetensors.Write(filepath.Join(bare, WeightsFile), ts, map[string]string{"format": "pt"}); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(filepath.Join(full, ConfigFile))
+	cfg := strings.Replace(string(raw), `"save_projection": true`, `"save_projection": false`, 1)
+	if cfg == string(raw) || !strings.Contains(cfg, `"projection_prng_key": 1234`) {
+		t.Fatalf("config %s", raw)
+	}
+	if err := os.WriteFile(filepath.Join(bare, ConfigFile), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadFor(bare, c, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Pairs) != len(want.Pairs) {
+		t.Fatalf("%d pairs, want %d", len(got.Pairs), len(want.Pairs))
+	}
+	for i, p := range got.Pairs {
+		q := want.Pairs[i]
+		if p.Module.Path != q.Module.Path || !slices.Equal(p.A, q.A) || !slices.Equal(p.B, q.B) {
+			t.Fatalf("%s: regenerated factors differ from the saved ones", p.Module.Path)
+		}
+	}
+	// With save_projection true the matrices must be in the file.
+	if err := os.WriteFile(filepath.Join(bare, ConfigFile), raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadFor(bare, c, ""); err == nil || !strings.Contains(err.Error(), "vera_A and vera_B are missing") {
+		t.Fatalf("save_projection true without the matrices: %v", err)
+	}
+}

@@ -26,6 +26,10 @@ type VeRA struct {
 	Pairs  []VeRAPair
 	// DInitial is PEFT's d_initial (the start of d), recorded in the config.
 	DInitial float64
+	// PRNGKey is PEFT's projection_prng_key: A and B are what PyTorch's CPU generator seeded
+	// with it draws (PEFT before its 2026 state-dict refactor rebuilds them from the key and
+	// ignores the saved matrices).
+	PRNGKey uint64
 }
 
 // VeRAPair is one module's trained vectors.
@@ -41,7 +45,7 @@ type veraConfig struct {
 	TaskType          string  `json:"task_type"`
 	R                 int     `json:"r"`
 	TargetModules     any     `json:"target_modules"`
-	ProjectionPRNGKey int     `json:"projection_prng_key"`
+	ProjectionPRNGKey uint64  `json:"projection_prng_key"`
 	SaveProjection    bool    `json:"save_projection"`
 	VeraDropout       float64 `json:"vera_dropout"`
 	DInitial          float64 `json:"d_initial"`
@@ -108,7 +112,7 @@ func SaveVeRA(dir string, v *VeRA) error {
 		return err
 	}
 	targets, layers := peftTargets(mods, v.Config.Layers, v.Config.Pruned, v.Config.NumLayers)
-	cfg := veraConfig{PeftType: "VERA", TaskType: "CAUSAL_LM", R: r, TargetModules: targets, SaveProjection: true,
+	cfg := veraConfig{PeftType: "VERA", TaskType: "CAUSAL_LM", R: r, TargetModules: targets, SaveProjection: true, ProjectionPRNGKey: v.PRNGKey,
 		VeraDropout: v.Config.Dropout, DInitial: v.DInitial, Bias: "none", InitWeights: true,
 		LayersToTransform: layers, BaseModel: v.Config.Base, InferenceMode: true}
 	js, err := json.MarshalIndent(cfg, "", "  ")
@@ -139,9 +143,6 @@ func loadVeRA(dir string, raw []byte, ins map[string]int) (*Adapter, error) {
 	}
 	if cfg.R < 1 {
 		return nil, fmt.Errorf("%s: r must be at least 1, got %d", cfgPath, cfg.R)
-	}
-	if !cfg.SaveProjection {
-		return nil, fmt.Errorf("%s: save_projection is false, so the VeRA projections are regenerated from PyTorch's RNG, which loractl cannot reproduce; save the adapter with save_projection=True", cfgPath)
 	}
 	wPath := filepath.Join(dir, WeightsFile)
 	f, err := safetensors.Open(wPath)
@@ -204,8 +205,16 @@ func loadVeRA(dir string, raw []byte, ins map[string]int) (*Adapter, error) {
 			}
 		}
 	}
-	if A == nil || B == nil {
-		return nil, fmt.Errorf("%s: the shared vera_A and vera_B are missing", wPath)
+	switch {
+	case A == nil && B == nil && !cfg.SaveProjection:
+		// Not saved: PEFT regenerates them from projection_prng_key, and so does loractl, at the
+		// largest input and output widths of the adapted modules (PEFT's _find_dim).
+		for path, v := range vecs {
+			maxIn, maxOut = max(maxIn, ins[path]), max(maxOut, len(v.b))
+		}
+		A, B = VeRAProjections(cfg.ProjectionPRNGKey, r, maxIn, maxOut)
+	case A == nil || B == nil:
+		return nil, fmt.Errorf("%s: the shared vera_A and vera_B are missing (save_projection is true in %s); the adapter file is incomplete", wPath, ConfigFile)
 	}
 	a := &Adapter{Config: Config{R: r, Alpha: float64(r), Dropout: cfg.VeraDropout, Layers: cfg.LayersToTransform,
 		Base: cfg.BaseModel, Fingerprint: f.Metadata()[FingerprintKey], Method: "vera"}}

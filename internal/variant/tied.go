@@ -29,6 +29,7 @@ type tied struct {
 	// The parameters' gradients, aliased by params: db[i] (out), dd[i] (r), groups' dA, dB.
 	db, dd   [][]float32
 	dInitial float64 // VeRA's d_initial
+	prngKey  uint64  // VeRA's projection_prng_key (train.seed)
 }
 
 // shared is one shared pair of factors.
@@ -54,7 +55,7 @@ func NewTied(a *lora.Adapter, o Options) (Method, error) {
 }
 
 func newTied(name string, a *lora.Adapter, o Options, trainable bool) (*tied, error) {
-	t := &tied{name: name, a: a, trainable: trainable, dInitial: o.DInitial}
+	t := &tied{name: name, a: a, trainable: trainable, dInitial: o.DInitial, prngKey: o.Seed}
 	byKey := map[string]int{}
 	for _, p := range a.Pairs {
 		key := "" // VeRA: one pair for every module (PEFT's vera_A, vera_B)
@@ -89,8 +90,8 @@ func newTied(name string, a *lora.Adapter, o Options, trainable bool) (*tied, er
 				optim.Param{Name: "tied." + g.key + ".lora_A", Data: g.A, Grad: g.dA},
 				optim.Param{Name: "tied." + g.key + ".lora_B", Data: g.B, Grad: g.dB})
 		} else {
-			kaimingUniform(g.A, g.maxIn, rng) // fan_in of (r, maxIn) is maxIn
-			kaimingUniform(g.B, r, rng)       // fan_in of (maxOut, r) is r
+			// PEFT's draw for projection_prng_key = train.seed, bit for bit.
+			g.A, g.B = lora.VeRAProjections(o.Seed, r, g.maxIn, g.maxOut)
 		}
 	}
 	for _, p := range a.Pairs {
@@ -237,7 +238,7 @@ func (t *tied) SavePEFT(dir string) error {
 		return t.a.Save(dir)
 	}
 	g := t.groups[0]
-	v := &lora.VeRA{Config: t.a.Config, A: g.A, B: g.B, MaxIn: g.maxIn, MaxOut: g.maxOut, DInitial: t.dInitial}
+	v := &lora.VeRA{Config: t.a.Config, A: g.A, B: g.B, MaxIn: g.maxIn, MaxOut: g.maxOut, DInitial: t.dInitial, PRNGKey: t.prngKey}
 	for i, p := range t.a.Pairs {
 		v.Pairs = append(v.Pairs, lora.VeRAPair{Module: p.Module, LambdaB: t.b[i], LambdaD: t.d[i]})
 	}

@@ -21,8 +21,6 @@ package variant
 
 import (
 	"fmt"
-	"math"
-	"math/rand/v2"
 
 	"github.com/loractl/loractl/internal/lora"
 	"github.com/loractl/loractl/internal/optim"
@@ -65,15 +63,6 @@ type Options struct {
 	TInit, TFinal, DeltaT    int     // AdaLoRA: warm-up steps, final steps, steps between maskings
 	TotalSteps               int     // AdaLoRA: train.max_steps
 	Beta1, Beta2, OrthWeight float64 // AdaLoRA: EMA of sensitivity and uncertainty; orthogonality weight
-}
-
-// kaimingUniform fills v with U(−b, b), b = √(6/fanIn) (PEFT's VeRA projections:
-// kaiming_uniform with gain √2).
-func kaimingUniform(v []float32, fanIn int, rng *rand.Rand) {
-	b := math.Sqrt(6 / float64(fanIn))
-	for i := range v {
-		v[i] = float32((2*rng.Float64() - 1) * b)
-	}
 }
 
 // paramOf makes an optim.Param over data with a fresh gradient.
