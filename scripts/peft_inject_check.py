@@ -152,6 +152,8 @@ def main():
         cfg.inference_mode = True
         extra = []
         if raw["peft_type"] == "LORA":
+            if cfg.use_rslora:
+                extra.append("use_rslora")
             if cfg.use_dora:
                 extra.append("use_dora")
             if cfg.rank_pattern:

@@ -27,8 +27,8 @@ type VeRA struct {
 	// DInitial is PEFT's d_initial (the start of d), recorded in the config.
 	DInitial float64
 	// PRNGKey is PEFT's projection_prng_key: A and B are what PyTorch's CPU generator seeded
-	// with it draws (PEFT before its 2026 state-dict refactor rebuilds them from the key and
-	// ignores the saved matrices).
+	// with it draws (PEFT's releases up to 0.20 rebuild them from the key and ignore the saved
+	// matrices).
 	PRNGKey uint64
 }
 

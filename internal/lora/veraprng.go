@@ -5,8 +5,8 @@ import "math"
 // torchGen is PyTorch's CPU generator (torch.Generator(device="cpu").manual_seed(seed)): the
 // 32-bit MT19937 of Matsumoto and Nishimura, seeded with the low 32 bits of seed. VeRA's
 // shared projections are drawn from it exactly as PEFT draws them, so that every PEFT version
-// rebuilds the same vera_A and vera_B from projection_prng_key (older ones ignore the saved
-// matrices and always regenerate them).
+// rebuilds the same vera_A and vera_B from projection_prng_key (its releases up to 0.20 ignore
+// the saved matrices and always regenerate them).
 type torchGen struct {
 	mt  [624]uint32
 	idx int
