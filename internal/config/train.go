@@ -77,6 +77,9 @@ type LoRASection struct {
 	LoRAPlusRatio float64 `mapstructure:"lora_plus_ratio" yaml:"lora_plus_ratio"`
 	// DInitial is VeRA's starting d (PEFT's d_initial).
 	DInitial float64 `mapstructure:"d_initial" yaml:"d_initial"`
+	// VeRASaveProjection stores VeRA's shared projections in the adapter (PEFT's
+	// save_projection); by default they are regenerated from train.seed.
+	VeRASaveProjection bool `mapstructure:"vera_save_projection" yaml:"vera_save_projection"`
 	// NolaK is NOLA's number of random bases per factor.
 	NolaK int `mapstructure:"nola_k" yaml:"nola_k"`
 	// SoraLambda is SoRA's L1 strength in the gate's proximal step.
@@ -420,6 +423,7 @@ func (c *Train) validateVariants(check func(bool, string, ...any), oneOf func(st
 	if l.Method == "vera" || l.Method == "adalora" {
 		check(!l.RSLoRA, "lora.method %s fixes its own scale (VeRA: 1, AdaLoRA: alpha/r), so lora.rslora cannot apply; drop lora.rslora", l.Method)
 	}
+	check(!l.VeRASaveProjection || l.Method == "vera", "lora.vera_save_projection applies to lora.method vera only; drop it")
 	switch l.Method {
 	case "vera":
 		check(l.DInitial > 0, "lora.d_initial must be positive (PEFT's default 0.1), got %g", l.DInitial)

@@ -329,7 +329,7 @@ func TestVeRAWithoutProjections(t *testing.T) {
 		maxIn, maxOut = max(maxIn, m.In), max(maxOut, m.Out)
 	}
 	A, B := VeRAProjections(key, r, maxIn, maxOut)
-	v := &VeRA{Config: Config{R: r}, A: A, B: B, MaxIn: maxIn, MaxOut: maxOut, DInitial: 0.1, PRNGKey: key}
+	v := &VeRA{Config: Config{R: r}, A: A, B: B, MaxIn: maxIn, MaxOut: maxOut, DInitial: 0.1, PRNGKey: key, SaveProjection: true}
 	rng := rand.New(rand.NewPCG(9, 9))
 	for _, m := range mods {
 		p := VeRAPair{Module: m, LambdaB: make([]float32, m.Out), LambdaD: make([]float32, r)}
@@ -387,6 +387,42 @@ func TestVeRAWithoutProjections(t *testing.T) {
 		if p.Module.Path != q.Module.Path || !slices.Equal(p.A, q.A) || !slices.Equal(p.B, q.B) {
 			t.Fatalf("%s: regenerated factors differ from the saved ones", p.Module.Path)
 		}
+	}
+	// loractl's own save without the projections: none in the file, and the same adapter back.
+	v.SaveProjection = false
+	own := t.TempDir()
+	if err := SaveVeRA(own, v); err != nil {
+		t.Fatal(err)
+	}
+	if raw, _ := os.ReadFile(filepath.Join(own, ConfigFile)); !strings.Contains(string(raw), `"save_projection": false`) {
+		t.Fatalf("config %s", raw)
+	}
+	g, err := safetensors.Open(filepath.Join(own, WeightsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, info := range g.Tensors() {
+		if strings.HasPrefix(info.Name, "base_model.vera_") {
+			t.Fatalf("%s is in the file", info.Name)
+		}
+	}
+	g.Close()
+	mine, err := Load(own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range mine.Pairs {
+		if !slices.Equal(p.A, want.Pairs[i].A) || !slices.Equal(p.B, want.Pairs[i].B) {
+			t.Fatalf("%s: differs after a save without projections", p.Module.Path)
+		}
+	}
+	// Projections that are not PEFT's draw are stored whatever SaveProjection says.
+	v.A[0]++
+	if err := SaveVeRA(own, v); err != nil {
+		t.Fatal(err)
+	}
+	if raw, _ := os.ReadFile(filepath.Join(own, ConfigFile)); !strings.Contains(string(raw), `"save_projection": true`) {
+		t.Fatalf("changed projections were not stored: %s", raw)
 	}
 	// With save_projection true the matrices must be in the file.
 	if err := os.WriteFile(filepath.Join(bare, ConfigFile), raw, 0o644); err != nil {

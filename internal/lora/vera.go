@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 
@@ -30,6 +31,10 @@ type VeRA struct {
 	// with it draws (PEFT's releases up to 0.20 rebuild them from the key and ignore the saved
 	// matrices).
 	PRNGKey uint64
+	// SaveProjection stores A and B in the file (PEFT's save_projection). Without it they are
+	// left out for PEFT and loractl to regenerate from PRNGKey; SaveVeRA stores them anyway when
+	// they are not that draw.
+	SaveProjection bool
 }
 
 // VeRAPair is one module's trained vectors.
@@ -66,8 +71,9 @@ const (
 	veraInKey = "loractl.vera_in"
 )
 
-// SaveVeRA writes v in PEFT's VeRA layout (save_projection true, so the projections are in the
-// file and PEFT does not regenerate them), atomically.
+// SaveVeRA writes v in PEFT's VeRA layout, atomically: the per-module vera_lambda_b/d and,
+// with v.SaveProjection (or when A and B are not PEFT's draw for v.PRNGKey), the shared
+// projections with save_projection true.
 func SaveVeRA(dir string, v *VeRA) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("adapter folder %s: %w", dir, err)
@@ -77,16 +83,23 @@ func SaveVeRA(dir string, v *VeRA) error {
 		b, err := safetensors.EncodeFloat32(safetensors.F32, data)
 		return safetensors.Tensor{Name: name, DType: safetensors.F32, Shape: shape, Data: b}, err
 	}
+	store := v.SaveProjection
+	if !store {
+		A, B := VeRAProjections(v.PRNGKey, r, v.MaxIn, v.MaxOut)
+		store = !slices.Equal(A, v.A) || !slices.Equal(B, v.B)
+	}
 	var ts []safetensors.Tensor
-	t, err := enc(veraAName, v.A, r, v.MaxIn)
-	if err != nil {
-		return err
+	if store {
+		t, err := enc(veraAName, v.A, r, v.MaxIn)
+		if err != nil {
+			return err
+		}
+		ts = append(ts, t)
+		if t, err = enc(veraBName, v.B, v.MaxOut, r); err != nil {
+			return err
+		}
+		ts = append(ts, t)
 	}
-	ts = append(ts, t)
-	if t, err = enc(veraBName, v.B, v.MaxOut, r); err != nil {
-		return err
-	}
-	ts = append(ts, t)
 	ins := map[string]int{}
 	var mods []Module
 	for _, p := range v.Pairs {
@@ -112,7 +125,7 @@ func SaveVeRA(dir string, v *VeRA) error {
 		return err
 	}
 	targets, layers := peftTargets(mods, v.Config.Layers, v.Config.Pruned, v.Config.NumLayers)
-	cfg := veraConfig{PeftType: "VERA", TaskType: "CAUSAL_LM", R: r, TargetModules: targets, SaveProjection: true, ProjectionPRNGKey: v.PRNGKey,
+	cfg := veraConfig{PeftType: "VERA", TaskType: "CAUSAL_LM", R: r, TargetModules: targets, SaveProjection: store, ProjectionPRNGKey: v.PRNGKey,
 		VeraDropout: v.Config.Dropout, DInitial: v.DInitial, Bias: "none", InitWeights: true,
 		LayersToTransform: layers, BaseModel: v.Config.Base, InferenceMode: true}
 	js, err := json.MarshalIndent(cfg, "", "  ")

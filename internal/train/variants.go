@@ -31,7 +31,7 @@ func (j *job) newVariant(a *lora.Adapter) (variant.Method, error) {
 	if initR == 0 {
 		initR = l.R
 	}
-	o := variant.Options{Seed: c.Train.Seed, DInitial: l.DInitial, NolaK: l.NolaK, SoraLambda: l.SoraLambda,
+	o := variant.Options{Seed: c.Train.Seed, DInitial: l.DInitial, SaveProjection: l.VeRASaveProjection, NolaK: l.NolaK, SoraLambda: l.SoraLambda,
 		InitR: initR, TargetR: l.TargetR, TInit: l.TInit, TFinal: l.TFinal, DeltaT: l.DeltaT, TotalSteps: c.Train.MaxSteps,
 		Beta1: l.Beta1, Beta2: l.Beta2, OrthWeight: l.OrthWeight}
 	var m variant.Method

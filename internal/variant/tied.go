@@ -30,6 +30,7 @@ type tied struct {
 	db, dd   [][]float32
 	dInitial float64 // VeRA's d_initial
 	prngKey  uint64  // VeRA's projection_prng_key (train.seed)
+	saveProj bool    // VeRA: store the projections when saving
 }
 
 // shared is one shared pair of factors.
@@ -55,7 +56,7 @@ func NewTied(a *lora.Adapter, o Options) (Method, error) {
 }
 
 func newTied(name string, a *lora.Adapter, o Options, trainable bool) (*tied, error) {
-	t := &tied{name: name, a: a, trainable: trainable, dInitial: o.DInitial, prngKey: o.Seed}
+	t := &tied{name: name, a: a, trainable: trainable, dInitial: o.DInitial, prngKey: o.Seed, saveProj: o.SaveProjection}
 	byKey := map[string]int{}
 	for _, p := range a.Pairs {
 		key := "" // VeRA: one pair for every module (PEFT's vera_A, vera_B)
@@ -238,7 +239,7 @@ func (t *tied) SavePEFT(dir string) error {
 		return t.a.Save(dir)
 	}
 	g := t.groups[0]
-	v := &lora.VeRA{Config: t.a.Config, A: g.A, B: g.B, MaxIn: g.maxIn, MaxOut: g.maxOut, DInitial: t.dInitial, PRNGKey: t.prngKey}
+	v := &lora.VeRA{Config: t.a.Config, A: g.A, B: g.B, MaxIn: g.maxIn, MaxOut: g.maxOut, DInitial: t.dInitial, PRNGKey: t.prngKey, SaveProjection: t.saveProj}
 	for i, p := range t.a.Pairs {
 		v.Pairs = append(v.Pairs, lora.VeRAPair{Module: p.Module, LambdaB: t.b[i], LambdaD: t.d[i]})
 	}

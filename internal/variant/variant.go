@@ -57,6 +57,7 @@ type Method interface {
 type Options struct {
 	Seed                     uint64
 	DInitial                 float64 // VeRA: the initial value of d (PEFT's d_initial, 0.1)
+	SaveProjection           bool    // VeRA: store the shared projections in the saved adapter
 	NolaK                    int     // NOLA: random bases per factor
 	SoraLambda               float64 // SoRA: L1 strength of the gate's proximal step
 	InitR, TargetR           int     // AdaLoRA: initial and target rank per module
