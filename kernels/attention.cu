@@ -162,6 +162,32 @@ LC_EXTERN void embedding_backward(float *dtable, const float *dout, const int32_
 	for (int n = 0; n < N; n++) dtable[(size_t)tokens[n] * C + c] += dout[(size_t)n * C + c];
 }
 
+// col_scale: y[n, o] = x[n, o]·c[o] (+ bias[o] when bias is not NULL), DoRA's column scaling;
+// y may alias x. y, x (N, OC), c, bias (OC).
+LC_EXTERN void col_scale(float *y, const float *x, const float *c, const float *bias, int N, int OC) {
+	long total = (long)N * OC;
+	for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+		int o = (int)(i % OC);
+		float v = __fmul_rn(x[i], c[o]);
+		y[i] = bias ? v + bias[o] : v;
+	}
+}
+
+// col_scale_backward: dc[o] += Σ_n dy[n, o]·x[n, o] and dx[n, o] = dy[n, o]·c[o], one thread per
+// column, rows in order; dx may alias dy. dx, dy, x (N, OC), dc, c (OC).
+LC_EXTERN void col_scale_backward(float *dx, float *dc, const float *dy, const float *x, const float *c, int N, int OC) {
+	int o = blockIdx.x * blockDim.x + threadIdx.x;
+	if (o >= OC) return;
+	float s = 0.0f, co = c[o];
+	for (int n = 0; n < N; n++) {
+		size_t i = (size_t)n * OC + o;
+		float g = dy[i];
+		s += g * x[i];
+		dx[i] = g * co;
+	}
+	dc[o] += s;
+}
+
 // bias_backward: dbias[o] += Σ_n dy[n, o], one thread per column, rows in order. dy (N, OC).
 LC_EXTERN void bias_backward(float *dbias, const float *dy, int N, int OC) {
 	int o = blockIdx.x * blockDim.x + threadIdx.x;

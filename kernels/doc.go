@@ -29,6 +29,7 @@ var Modules = []Module{
 		"cast_f32_bf16", "cast_bf16_f32", "cross_entropy", "adamw",
 	}},
 	{"attention", AttentionPTX, []string{"attention_forward", "add_bias", "attention_train_forward",
-		"attention_backward_q", "attention_backward_kv", "embedding_backward", "bias_backward"}},
+		"attention_backward_q", "attention_backward_kv", "embedding_backward", "bias_backward",
+		"col_scale", "col_scale_backward"}},
 	{"flash", FlashPTX, []string{"flash_attention_forward", "flash_attention_backward_q", "flash_attention_backward_kv"}},
 }

@@ -37,6 +37,14 @@ type Trainer interface {
 	// (LoRA adds s·B·(A·x) to the base Linear's output this way, without a temporary.)
 	MatMulForwardAcc(out, x, w Buffer, N, C, OC int)
 
+	// ColScaleForward computes y = x·diag(c) + bias, one scale and bias per column (DoRA's
+	// m/‖W0 + s·BA‖). y (N, OC), x (N, OC), c (OC), bias (OC) or nil; y may be x.
+	ColScaleForward(y, x, c, bias Buffer, N, OC int)
+
+	// ColScaleBackward computes dx = dy·diag(c) and adds dc[o] += Σ_n dy[n, o]·x[n, o].
+	// dx (N, OC), dc (OC), dy (N, OC), x (N, OC), c (OC); dx may be dy.
+	ColScaleBackward(dx, dc, dy, x, c Buffer, N, OC int)
+
 	// CrossEntropyForward computes the per-row loss of a fused log-softmax and negative log
 	// likelihood: losses[n] = logsumexp(logits[n, :]) − logits[n, targets[n]], and 0 for rows whose
 	// target is IgnoreIndex. The caller sums or averages. losses (N), logits (N, V),

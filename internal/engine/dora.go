@@ -20,23 +20,23 @@ import (
 // forming W0 + s·BA: ‖W0_o‖² (once) + 2s·Σ_k B_ok·G_ko + s²·B_o·(A·Aᵀ)·B_oᵀ with
 // G (r, out) = A·W0ᵀ, one device product per step.
 //
-// The column scaling, its reduction and the bias are done on the host (Download, scale,
-// Upload of the (N, out) output and gradient), because the backend has no column-scale op
-// yet; on the CPU backend these are memory copies. --dry-run says so.
+// The column scaling with the bias, and its reduction Σ_n dy·z, run on the device
+// (ColScaleForward, ColScaleBackward); the host computes n and m/n once per step (O(r·out))
+// and turns the reduction into dm at SyncGrads.
 type doraLinear struct {
 	m      optim.Param    // the magnitude (out) and its gradient, host only
 	w0n2   []float64      // (out) ‖W0_o‖²
 	n      []float32      // (out) the current norms
 	c      []float32      // (out) m/n
-	bias   []float32      // (out) the frozen bias on the host, nil without one
+	cDev   backend.Buffer // (out) m/n on the device
+	dcDev  backend.Buffer // (out) Σ_n dy·z since ZeroGrads
+	hostDC []float32      // (out)
 	g      backend.Buffer // (r, out) A·W0ᵀ
 	hostG  []float32      // (r·out)
-	hostY  []float32      // (N·out) scratch
-	hostDY []float32      // (N·out) scratch
 }
 
-// setupDoRA prepares the DoRA state of an adapted Linear: W0's row norms, the host bias, and
-// the magnitude parameter (PEFT's lora_magnitude_vector).
+// setupDoRA prepares the DoRA state of an adapted Linear: W0's row norms and the magnitude
+// parameter (PEFT's lora_magnitude_vector).
 func (e *Engine) setupDoRA(lin *linear, ll *loraLinear) error {
 	p := ll.pair
 	in, out := lin.in, lin.out
@@ -48,6 +48,7 @@ func (e *Engine) setupDoRA(lin *linear, ll *loraLinear) error {
 		return fmt.Errorf("engine: DoRA: read %s: %w", p.Module.Weight(), err)
 	}
 	d := &doraLinear{w0n2: make([]float64, out), n: make([]float32, out), c: make([]float32, out),
+		cDev: e.alloc(out), dcDev: e.alloc(out), hostDC: make([]float32, out),
 		g: e.alloc(ll.r * out), hostG: make([]float32, ll.r*out)}
 	for o := 0; o < out; o++ {
 		var s float64
@@ -55,12 +56,6 @@ func (e *Engine) setupDoRA(lin *linear, ll *loraLinear) error {
 			s += float64(v) * float64(v)
 		}
 		d.w0n2[o] = s
-	}
-	if lin.b != nil {
-		d.bias = make([]float32, out)
-		if err := e.be.Download(d.bias, lin.b); err != nil {
-			return err
-		}
 	}
 	d.m = optim.Param{Name: p.Module.Path + ".lora_magnitude_vector", Data: p.M, Grad: make([]float32, out)}
 	ll.dora = d
@@ -110,6 +105,9 @@ func (e *Engine) doraNorms() error {
 				d.n[o] = n
 				d.c[o] = p.M[o] / n
 			}
+			if err := e.be.Upload(d.cDev, d.c); err != nil {
+				return fmt.Errorf("engine: DoRA: %w", err)
+			}
 		}
 	}
 	return nil
@@ -120,53 +118,46 @@ func (e *Engine) doraNorms() error {
 func (e *Engine) doraForward(y, zsave backend.Buffer, lin *linear, N int) error {
 	d, out := lin.lora.dora, lin.out
 	e.be.Copy(zsave, 0, y, 0, N*out)
-	hy := e.doraScratch(d, N*out)
-	if err := e.be.Download(hy, y); err != nil {
-		return fmt.Errorf("engine: DoRA: download: %w", err)
-	}
-	for n := 0; n < N; n++ {
-		row := hy[n*out : (n+1)*out]
-		for o, c := range d.c {
-			row[o] *= c
-		}
-		if d.bias != nil {
-			for o, b := range d.bias {
-				row[o] += b
+	e.be.ColScaleForward(y, y, d.cDev, lin.b, N, out)
+	return nil
+}
+
+// doraBackward writes dz = dy·diag(m/n) into dz and adds Σ_n dy·z to the device reduction
+// that doraGrads turns into dm.
+func (e *Engine) doraBackward(dz, dy, z backend.Buffer, lin *linear, N int) error {
+	d, out := lin.lora.dora, lin.out
+	e.be.ColScaleBackward(dz, d.dcDev, dy, z, d.cDev, N, out)
+	return nil
+}
+
+// doraGrads sets every magnitude's gradient, dm_o = (Σ_n dy·z)_o / n_o, from the reductions
+// accumulated since ZeroGrads.
+func (e *Engine) doraGrads() error {
+	for _, bl := range e.blocks {
+		for i := range bl.lin {
+			ll := bl.lin[i].lora
+			if ll == nil || ll.dora == nil {
+				continue
+			}
+			d := ll.dora
+			if err := e.be.Download(d.hostDC, d.dcDev); err != nil {
+				return fmt.Errorf("engine: DoRA: download the magnitude gradient of %s: %w", ll.pair.Module.Path, err)
+			}
+			for o, v := range d.hostDC {
+				d.m.Grad[o] = v / d.n[o]
 			}
 		}
 	}
-	return e.be.Upload(y, hy)
+	return nil
 }
 
-// doraBackward adds dm (host) from dy and the saved z, and writes dz = dy·diag(m/n) into dz.
-func (e *Engine) doraBackward(dz, dy, z backend.Buffer, lin *linear, N int) error {
-	d, out := lin.lora.dora, lin.out
-	hz := e.doraScratch(d, N*out)
-	hdy := d.hostDY[:N*out]
-	if err := e.be.Download(hz, z); err != nil {
-		return fmt.Errorf("engine: DoRA: download: %w", err)
-	}
-	if err := e.be.Download(hdy, dy); err != nil {
-		return fmt.Errorf("engine: DoRA: download: %w", err)
-	}
-	dc := make([]float64, out) // (out) Σ_n dy·z
-	for n := 0; n < N; n++ {
-		zr, dr := hz[n*out:(n+1)*out], hdy[n*out:(n+1)*out]
-		for o, g := range dr {
-			dc[o] += float64(g) * float64(zr[o])
-			dr[o] = g * d.c[o]
+// doraZero clears the device reductions (ZeroGrads).
+func (e *Engine) doraZero() {
+	for _, bl := range e.blocks {
+		for i := range bl.lin {
+			if ll := bl.lin[i].lora; ll != nil && ll.dora != nil {
+				e.be.Zero(ll.dora.dcDev, len(ll.dora.hostDC))
+			}
 		}
 	}
-	for o, v := range dc {
-		d.m.Grad[o] += float32(v / float64(d.n[o]))
-	}
-	return e.be.Upload(dz, hdy)
-}
-
-// doraScratch returns the host scratch of n floats, growing both scratch buffers.
-func (e *Engine) doraScratch(d *doraLinear, n int) []float32 {
-	if len(d.hostY) < n {
-		d.hostY, d.hostDY = make([]float32, n), make([]float32, n)
-	}
-	return d.hostY[:n]
 }

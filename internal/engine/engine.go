@@ -452,6 +452,7 @@ func (e *Engine) ZeroGrads() {
 		}
 		clear(p.host.Grad)
 	}
+	e.doraZero()
 	if e.opt.Composer != nil {
 		for _, ll := range e.lls {
 			e.be.Zero(ll.da, ll.da.Len())
@@ -476,13 +477,13 @@ func (e *Engine) SyncGrads() error {
 	}
 	for _, p := range e.params {
 		if p.grad == nil {
-			continue // a host-only parameter (DoRA's magnitude): its gradient is already here
+			continue // a host-only parameter (DoRA's magnitude): doraGrads sets it
 		}
 		if err := e.be.Download(p.host.Grad, p.grad); err != nil {
 			return fmt.Errorf("engine: download the gradient of %s: %w", p.host.Name, err)
 		}
 	}
-	return nil
+	return e.doraGrads()
 }
 
 // SyncParams uploads Params()[i].Data to the device, after an optimizer step. For full

@@ -230,7 +230,7 @@ func hostParts(l config.LoRASection) string {
 	case l.Method == "dylora":
 		return ", DyLoRA's rank sampling (the masked A and B are uploaded once per step)"
 	case l.Method == "dora":
-		return "; DoRA: the norms ‖W0 + s·BA‖ from A·W0ᵀ (device) and A·Aᵀ (host) once per step, and the column scaling by m/‖·‖ with its reduction and the bias on the host (the (N, out) output and gradient of each adapted Linear are downloaded and uploaded: no column-scale op on the backend yet)"
+		return "; DoRA: the column scaling by m/‖W0 + s·BA‖ with the bias, and its reduction for m's gradient, on the device (ColScale ops); the norms once per step from A·W0ᵀ (device) and A·Aᵀ (host), O(r·out) per module"
 	case l.Composed():
 		return fmt.Sprintf(", factor composition: host (%s's parameters → A', B' each step, uploaded; dA', dB' downloaded and back-propagated into them: O(r·(in+out)) per module)", l.Method)
 	}

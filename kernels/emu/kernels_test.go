@@ -71,6 +71,8 @@ var checks = map[string]func(t *testing.T){
 	"attention_backward_kv":       checkAttentionBackward,
 	"embedding_backward":          checkEmbeddingBackward,
 	"bias_backward":               checkBiasBackward,
+	"col_scale":                   checkColScale,
+	"col_scale_backward":          checkColScaleBackward,
 	"flash_attention_forward":     checkFlashForward,
 	"flash_attention_backward_q":  checkFlashBackward,
 	"flash_attention_backward_kv": checkFlashBackward,
@@ -516,6 +518,32 @@ func checkBiasBackward(t *testing.T) {
 	h.be.MatMulBackward(nil, nil, db, h.up(dy), nil, nil, N, 5, OC)
 	res := launch(t, "bias_backward", (OC+255)/256, 256, inout(db0), in(dy), i32(N), i32(OC))
 	closeTo(t, "bias_backward", res.f32(0), h.down(db), 1e-5)
+}
+
+func checkColScale(t *testing.T) {
+	r := rand.New(rand.NewPCG(31, 31))
+	N, OC := 37, 300
+	x, c, b := randv(r, N*OC, 2), randv(r, OC, 1.5), randv(r, OC, 1)
+	h := newHost()
+	yc, yn := h.be.Alloc(N*OC), h.be.Alloc(N*OC)
+	h.be.ColScaleForward(yc, h.up(x), h.up(c), h.up(b), N, OC)
+	h.be.ColScaleForward(yn, h.up(x), h.up(c), nil, N, OC)
+	res := launch(t, "col_scale", elems(N*OC), 256, out(N*OC), in(x), in(c), in(b), i32(N), i32(OC))
+	closeTo(t, "col_scale", res.f32(0), h.down(yc), 0)
+	res = launch(t, "col_scale", elems(N*OC), 256, out(N*OC), in(x), in(c), null(), i32(N), i32(OC))
+	closeTo(t, "col_scale (bias NULL)", res.f32(0), h.down(yn), 0)
+}
+
+func checkColScaleBackward(t *testing.T) {
+	r := rand.New(rand.NewPCG(32, 32))
+	N, OC := 77, 300
+	dy, x, c, dc0 := randv(r, N*OC, 1), randv(r, N*OC, 2), randv(r, OC, 1.5), randv(r, OC, 1)
+	h := newHost()
+	dx, dc := h.be.Alloc(N*OC), h.up(dc0)
+	h.be.ColScaleBackward(dx, dc, h.up(dy), h.up(x), h.up(c), N, OC)
+	res := launch(t, "col_scale_backward", (OC+255)/256, 256, out(N*OC), inout(dc0), in(dy), in(x), in(c), i32(N), i32(OC))
+	closeTo(t, "col_scale_backward dx", res.f32(0), h.down(dx), 0)
+	closeTo(t, "col_scale_backward dc", res.f32(1), h.down(dc), 1e-5) // the CPU sums in float64
 }
 
 // refLSE is the float64 logsumexp of every attention row (B, NH, T): log Σ_s exp(q_t·k_s/sqrt(D))

@@ -88,6 +88,45 @@ func runTrain(t *testing.T, newBackend func() backend.Backend, rep *report) {
 		}
 	})
 
+	t.Run("ColScale", func(t *testing.T) {
+		be, r := newBackend(), seededRand(29)
+		tr := be.(backend.Trainer)
+		for _, d := range [][2]int{{5, 7}, {70, 300}} {
+			N, OC := d[0], d[1]
+			shape := fmt.Sprintf("N=%d OC=%d", N, OC)
+			x, c, bias, dy := randn(r, N*OC, 1), randn(r, OC, 1), randn(r, OC, 1), randn(r, N*OC, 1) // (N, OC), (OC), (OC), (N, OC)
+			want := make([]float64, N*OC)                                                            // (N, OC) x·diag(c) + bias
+			wantNB := make([]float64, N*OC)                                                          // (N, OC) x·diag(c)
+			wantDX := make([]float64, N*OC)                                                          // (N, OC) dy·diag(c)
+			wantDC := make([]float64, OC)                                                            // (OC) Σ_n dy·x
+			for n := 0; n < N; n++ {
+				for o := 0; o < OC; o++ {
+					i := n*OC + o
+					wantNB[i] = float64(x[i]) * float64(c[o])
+					want[i] = wantNB[i] + float64(bias[o])
+					wantDX[i] = float64(dy[i]) * float64(c[o])
+					wantDC[o] += float64(dy[i]) * float64(x[i])
+				}
+			}
+			yb := be.Alloc(N * OC)
+			tr.ColScaleForward(yb, upload(t, be, x), upload(t, be, c), upload(t, be, bias), N, OC)
+			checkClose(t, rep, "ColScaleForward", shape, download(t, be, yb), want, 1e-6, 1e-6)
+			xb := upload(t, be, x) // in place, no bias
+			tr.ColScaleForward(xb, xb, upload(t, be, c), nil, N, OC)
+			checkClose(t, rep, "ColScaleForward", shape+" in place", download(t, be, xb), wantNB, 1e-6, 1e-6)
+
+			xb, cb := upload(t, be, x), upload(t, be, c)
+			var dx []float32
+			grads := accumulated(t, be, r, "ColScaleBackward", []int{OC}, func(g []backend.Buffer) {
+				dyb := upload(t, be, dy) // dx written over dy
+				tr.ColScaleBackward(dyb, g[0], dyb, xb, cb, N, OC)
+				dx = download(t, be, dyb)
+			})
+			checkClose(t, rep, "ColScaleBackward dx", shape, dx, wantDX, 1e-6, 1e-6)
+			checkClose(t, rep, "ColScaleBackward dc", shape, grads[0], wantDC, 1e-5, 1e-5)
+		}
+	})
+
 	t.Run("MatMulForwardAcc", func(t *testing.T) {
 		be, r := newBackend(), seededRand(28)
 		tr := be.(backend.Trainer)

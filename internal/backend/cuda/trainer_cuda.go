@@ -118,6 +118,33 @@ func (be *Backend) MatMulBackward(dx, dw, dbias, dy, x, w backend.Buffer, N, C, 
 	}
 }
 
+// ColScaleForward computes y = x·diag(c) + bias (bias may be nil); y may be x.
+func (be *Backend) ColScaleForward(y, x, c, bias backend.Buffer, N, OC int) {
+	op := "ColScaleForward"
+	ys, xs, cs := buf(y), buf(x), buf(c)
+	need(op, "y", ys, N*OC)
+	need(op, "x", xs, N*OC)
+	need(op, "c", cs, OC)
+	bp := opt(op, "bias", bias, OC)
+	if N > 0 && OC > 0 {
+		be.fail(be.ctx.Launch("col_scale", elems(N*OC), 256, 0, ys.p, xs.p, cs.p, bp, int32(N), int32(OC)))
+	}
+}
+
+// ColScaleBackward computes dx = dy·diag(c) and dc += Σ_n dy ⊙ x per column; dx may be dy.
+func (be *Backend) ColScaleBackward(dx, dc, dy, x, c backend.Buffer, N, OC int) {
+	op := "ColScaleBackward"
+	dxs, dcs, dys, xs, cs := buf(dx), buf(dc), buf(dy), buf(x), buf(c)
+	need(op, "dx", dxs, N*OC)
+	need(op, "dc", dcs, OC)
+	need(op, "dy", dys, N*OC)
+	need(op, "x", xs, N*OC)
+	need(op, "c", cs, OC)
+	if N > 0 && OC > 0 {
+		be.fail(be.ctx.Launch("col_scale_backward", (OC+255)/256, 256, 0, dxs.p, dcs.p, dys.p, xs.p, cs.p, int32(N), int32(OC)))
+	}
+}
+
 // RMSNormBackward: dx += ∂L/∂x and dw += ∂L/∂w (nil skipped).
 func (be *Backend) RMSNormBackward(dx, dw, dy, x, w backend.Buffer, N, C int, eps float32) {
 	op := "RMSNormBackward"
