@@ -11,19 +11,23 @@ import (
 
 // sora is SoRA (Ding et al. 2023): a gate g (r) between A and B, ΔW = s·B·diag(g)·A. A and B
 // train with AdamW; g by a proximal step with L1 strength λ after every optimizer step,
-// g ← sign(g')·max(|g'| − η·λ, 0), with η the step's learning rate and g' = g − η·m̂/(√v̂+ε)
-// an Adam step on the gate's own gradient (as the SoRA authors' sparse AdamW does: a plain
+// g ← sign(g')·max(|g'| − η·λ, 0), with η the step's learning rate and g' an Adam step on the
+// gate's own gradient (the gates' own optim.AdamW without weight decay, as the SoRA authors'
+// sparse AdamW does: a plain
 // gradient step at LoRA learning rates barely moves the gates, and the L1 term alone then
 // shrinks them all alike). Ranks whose gate reaches zero drop out (and are removed at save).
 type sora struct {
 	a      *lora.Adapter
 	A, B   [][]float32 // per pair: (r, in), (out, r)
 	g, dg  [][]float32 // per pair: gate (r) and its gradient
-	gm, gv [][]float32 // per pair: the gate's Adam moments (r)
 	dA, dB [][]float32
 	params []optim.Param
+	gates  *optim.AdamW // the gates' own Adam (the proximal step follows it)
 	lambda float64
 }
+
+// soraGateSteps names the gates' Adam step count in the variant state.
+const soraGateSteps = "sora.gate_adam_steps"
 
 // NewSoRA makes a SoRA method from a freshly initialised adapter a (its A and B are the
 // starting A and B). The gates start standard normal, seeded per module from o.Seed, as in the
@@ -34,6 +38,7 @@ func NewSoRA(a *lora.Adapter, o Options) (Method, error) {
 		return nil, fmt.Errorf("lora.sora_lambda must not be negative, got %g", o.SoraLambda)
 	}
 	s := &sora{a: a, lambda: o.SoraLambda}
+	var gates []optim.Param
 	for _, p := range a.Pairs {
 		A, B := append([]float32(nil), p.A...), append([]float32(nil), p.B...)
 		g := make([]float32, a.RankOf(p))
@@ -43,9 +48,14 @@ func NewSoRA(a *lora.Adapter, o Options) (Method, error) {
 		}
 		pa, pb := paramOf(p.Module.Path+".lora_A.weight", A), paramOf(p.Module.Path+".lora_B.weight", B)
 		s.A, s.B, s.g = append(s.A, A), append(s.B, B), append(s.g, g)
-		s.gm, s.gv = append(s.gm, make([]float32, len(g))), append(s.gv, make([]float32, len(g)))
-		s.dA, s.dB, s.dg = append(s.dA, pa.Grad), append(s.dB, pb.Grad), append(s.dg, make([]float32, len(g)))
+		pg := paramOf(p.Module.Path+".sora_gate", g)
+		s.dA, s.dB, s.dg = append(s.dA, pa.Grad), append(s.dB, pb.Grad), append(s.dg, pg.Grad)
 		s.params = append(s.params, pa, pb)
+		gates = append(gates, pg)
+	}
+	var err error
+	if s.gates, err = optim.NewAdamW(optim.DefaultAdamW(), []optim.Group{{Params: gates, LRScale: 1, NoDecay: true}}); err != nil {
+		return nil, err
 	}
 	s.Compose()
 	return s, nil
@@ -96,27 +106,13 @@ func (s *sora) Backward(dA, dB [][]float32) error {
 	return nil
 }
 
-// Adam constants of the gate step (PyTorch's AdamW defaults, no weight decay: the L1 term is
-// the gate's regulariser).
-const (
-	soraBeta1 = 0.9
-	soraBeta2 = 0.999
-	soraEps   = 1e-8
-)
-
-// AfterStep is the gate's proximal step; step counts from 1 (Adam's bias correction).
+// AfterStep is the gates' step: Adam on their gradients, then the proximal L1 threshold.
 func (s *sora) AfterStep(step int, lr float64) {
+	s.gates.Step(lr)
 	t := lr * s.lambda
-	c1 := 1 - math.Pow(soraBeta1, float64(step))
-	c2 := 1 - math.Pow(soraBeta2, float64(step))
 	for i := range s.g {
 		for k, g := range s.g[i] {
-			d := float64(s.dg[i][k])
-			m := soraBeta1*float64(s.gm[i][k]) + (1-soraBeta1)*d
-			v := soraBeta2*float64(s.gv[i][k]) + (1-soraBeta2)*d*d
-			s.gm[i][k], s.gv[i][k] = float32(m), float32(v)
-			u := float64(g) - lr*(m/c1)/(math.Sqrt(v/c2)+soraEps)
-			s.g[i][k] = float32(math.Copysign(math.Max(math.Abs(u)-t, 0), u))
+			s.g[i][k] = float32(math.Copysign(math.Max(math.Abs(float64(g))-t, 0), float64(g)))
 		}
 	}
 }
@@ -125,15 +121,25 @@ func (s *sora) State() map[string][]float32 {
 	extra := map[string][]float32{}
 	for i, p := range s.a.Pairs {
 		extra[p.Module.Path+".sora_gate"] = s.g[i]
-		extra[p.Module.Path+".sora_gate.adam_m"] = s.gm[i]
-		extra[p.Module.Path+".sora_gate.adam_v"] = s.gv[i]
 	}
+	st := s.gates.State()
+	for _, t := range st.Tensors {
+		extra[t.Name] = t.Data
+	}
+	extra[soraGateSteps] = []float32{float32(st.Step)}
 	return stateOf(s.params, extra)
 }
 
 func (s *sora) SetState(st map[string][]float32) error {
-	if err := setState(st, s.State()); err != nil {
+	if err := setState(st, s.State()); err != nil { // checks every tensor; copies A, B and g
 		return err
+	}
+	gs := optim.State{Step: int(st[soraGateSteps][0])}
+	for _, t := range s.gates.State().Tensors {
+		gs.Tensors = append(gs.Tensors, optim.Tensor{Name: t.Name, Data: st[t.Name]})
+	}
+	if err := s.gates.SetState(gs); err != nil {
+		return fmt.Errorf("variant state: SoRA gates: %w", err)
 	}
 	s.Compose()
 	return nil

@@ -163,8 +163,8 @@ func TestSoRAProximal(t *testing.T) {
 			b[i] = float32(rng.NormFloat64())
 		}
 	}
-	s.g[0] = []float32{1, 0.0005, -0.002, 0.5}
-	s.dg[0] = []float32{0, 0, 0, 100}
+	copy(s.g[0], []float32{1, 0.0005, -0.002, 0.5}) // in place: the gates' optimizer holds them
+	copy(s.dg[0], []float32{0, 0, 0, 100})
 	s.AfterStep(1, 1e-4) // threshold 1e-3; Adam's first step moves by lr·sign(dg)
 	want := []float32{1 - 1e-3, 0, -0.001, 0.5 - 1e-4 - 1e-3}
 	for k, w := range want {
@@ -219,6 +219,43 @@ func TestStateRoundTrip(t *testing.T) {
 		}
 		if err := m2.SetState(map[string][]float32{}); err == nil {
 			t.Fatalf("%s: an empty state was accepted", name)
+		}
+	}
+}
+
+// TestSoRAGateStateResumes: the gates' Adam moments and step count travel in the state, so a
+// restored SoRA takes the same next gate step as the one that kept running.
+func TestSoRAGateStateResumes(t *testing.T) {
+	o := Options{Seed: 5, SoraLambda: 0.5}
+	grads := func(m Method, k int) {
+		s := m.(*sora)
+		rng := rand.New(rand.NewPCG(uint64(k), 9))
+		for _, dg := range s.dg {
+			for i := range dg {
+				dg[i] = float32(rng.NormFloat64())
+			}
+		}
+	}
+	m1, err := NewSoRA(testAdapter(t, 3), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := 1; k <= 3; k++ {
+		grads(m1, k)
+		m1.AfterStep(k, 1e-2)
+	}
+	m2, _ := NewSoRA(testAdapter(t, 3), o)
+	if err := m2.SetState(m1.State()); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []Method{m1, m2} {
+		grads(m, 4)
+		m.AfterStep(4, 1e-2)
+	}
+	g1, g2 := m1.(*sora).g, m2.(*sora).g
+	for i := range g1 {
+		if !slices.Equal(g1[i], g2[i]) {
+			t.Fatalf("pair %d: gates after the resumed step %v, uninterrupted %v", i, g2[i], g1[i])
 		}
 	}
 }
