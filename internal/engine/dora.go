@@ -115,37 +115,31 @@ func (e *Engine) doraNorms() error {
 
 // doraForward turns y (N, out), holding z = x·W0ᵀ + s·B·A·drop(x) without the bias, into
 // y = z·diag(m/n) + bias, keeping z in zsave (N, out).
-func (e *Engine) doraForward(y, zsave backend.Buffer, lin *linear, N int) error {
-	d, out := lin.lora.dora, lin.out
-	e.be.Copy(zsave, 0, y, 0, N*out)
-	e.be.ColScaleForward(y, y, d.cDev, lin.b, N, out)
-	return nil
+func (e *Engine) doraForward(y, zsave backend.Buffer, lin *linear, N int) {
+	e.be.Copy(zsave, 0, y, 0, N*lin.out)
+	e.be.ColScaleForward(y, y, lin.lora.dora.cDev, lin.b, N, lin.out)
 }
 
 // doraBackward writes dz = dy·diag(m/n) into dz and adds Σ_n dy·z to the device reduction
 // that doraGrads turns into dm.
-func (e *Engine) doraBackward(dz, dy, z backend.Buffer, lin *linear, N int) error {
-	d, out := lin.lora.dora, lin.out
-	e.be.ColScaleBackward(dz, d.dcDev, dy, z, d.cDev, N, out)
-	return nil
+func (e *Engine) doraBackward(dz, dy, z backend.Buffer, lin *linear, N int) {
+	d := lin.lora.dora
+	e.be.ColScaleBackward(dz, d.dcDev, dy, z, d.cDev, N, lin.out)
 }
 
 // doraGrads sets every magnitude's gradient, dm_o = (Σ_n dy·z)_o / n_o, from the reductions
 // accumulated since ZeroGrads.
 func (e *Engine) doraGrads() error {
-	for _, bl := range e.blocks {
-		for i := range bl.lin {
-			ll := bl.lin[i].lora
-			if ll == nil || ll.dora == nil {
-				continue
-			}
-			d := ll.dora
-			if err := e.be.Download(d.hostDC, d.dcDev); err != nil {
-				return fmt.Errorf("engine: DoRA: download the magnitude gradient of %s: %w", ll.pair.Module.Path, err)
-			}
-			for o, v := range d.hostDC {
-				d.m.Grad[o] = v / d.n[o]
-			}
+	for _, ll := range e.lls {
+		d := ll.dora
+		if d == nil {
+			continue
+		}
+		if err := e.be.Download(d.hostDC, d.dcDev); err != nil {
+			return fmt.Errorf("engine: DoRA: download the magnitude gradient of %s: %w", ll.pair.Module.Path, err)
+		}
+		for o, v := range d.hostDC {
+			d.m.Grad[o] = v / d.n[o]
 		}
 	}
 	return nil
@@ -153,11 +147,9 @@ func (e *Engine) doraGrads() error {
 
 // doraZero clears the device reductions (ZeroGrads).
 func (e *Engine) doraZero() {
-	for _, bl := range e.blocks {
-		for i := range bl.lin {
-			if ll := bl.lin[i].lora; ll != nil && ll.dora != nil {
-				e.be.Zero(ll.dora.dcDev, len(ll.dora.hostDC))
-			}
+	for _, ll := range e.lls {
+		if d := ll.dora; d != nil {
+			e.be.Zero(d.dcDev, len(d.hostDC))
 		}
 	}
 }

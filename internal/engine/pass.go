@@ -311,7 +311,7 @@ func (e *Engine) linearForward(y, x backend.Buffer, lin *linear, u backend.Buffe
 	be.Scale(u, ll.s, N*r)                            // u = s·drop(x)·Aᵀ
 	be.MatMulForwardAcc(y, u, ll.b, N, r, lin.out)    // y (N, out) += u·Bᵀ
 	if ll.dora != nil {
-		return e.doraForward(y, e.act.layer(layer).z[lin.idx], lin, N) // y = z·diag(m/n) + bias
+		e.doraForward(y, e.act.layer(layer).z[lin.idx], lin, N) // y = z·diag(m/n) + bias
 	}
 	return nil
 }
@@ -322,10 +322,8 @@ func (e *Engine) linearForward(y, x backend.Buffer, lin *linear, u backend.Buffe
 func (e *Engine) linearBackward(dx, dy, x backend.Buffer, lin *linear, u backend.Buffer, N, layer int) error {
 	be := e.be
 	if ll := lin.lora; ll != nil && ll.dora != nil {
-		dz := e.act.dz[lin.out] // (N, out) = dy·diag(m/n); dm added on the host
-		if err := e.doraBackward(dz, dy, e.act.layer(layer).z[lin.idx], lin, N); err != nil {
-			return err
-		}
+		dz := e.act.dz[lin.out] // (N, out) = dy·diag(m/n); Σ dy·z kept on the device for dm
+		e.doraBackward(dz, dy, e.act.layer(layer).z[lin.idx], lin, N)
 		dy = dz
 	}
 	be.MatMulBackward(dx, lin.dw, lin.db, dy, x, lin.w, N, lin.in, lin.out)
