@@ -29,12 +29,10 @@ type Config struct {
 	Method string
 	// RMin is DyLoRA's smallest trained rank (method dylora only).
 	RMin int
-	// Pruned marks an adapter from which some selected modules were dropped (every rank
-	// pruned: SoRA, AdaLoRA). Save then names the adapted modules exactly in target_modules,
-	// so that PEFT does not add empty LoRA layers where the pruned ones were.
-	Pruned bool
 	// NumLayers is the base model's decoder layer count (0: unknown). Save writes short names
-	// in target_modules only when the adapted modules are the same in every layer it covers.
+	// in target_modules only when the adapted modules are the same in every layer it covers;
+	// otherwise (a selection by layer or regex, or modules that SoRA or AdaLoRA pruned away)
+	// it names them exactly, so that PEFT adds no empty LoRA layers.
 	NumLayers int
 }
 

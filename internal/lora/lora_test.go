@@ -316,22 +316,21 @@ func TestPEFTTargets(t *testing.T) {
 		return m
 	}
 	qv := sel([]string{"q_proj", "v_proj"}, nil)
-	if got, l := peftTargets(qv, nil, false, 5); !slices.Equal(got.([]string), []string{"q_proj", "v_proj"}) || l != nil {
+	if got, l := peftTargets(qv, nil, 5); !slices.Equal(got.([]string), []string{"q_proj", "v_proj"}) || l != nil {
 		t.Fatalf("q,v: %v %v", got, l)
 	}
 	some := sel([]string{"all-linear"}, []int{0, 4})
-	if got, l := peftTargets(some, []int{0, 4}, false, 5); len(got.([]string)) != 7 || !slices.Equal(l, []int{0, 4}) {
+	if got, l := peftTargets(some, []int{0, 4}, 5); len(got.([]string)) != 7 || !slices.Equal(l, []int{0, 4}) {
 		t.Fatalf("layers 0, 4: %v %v", got, l)
 	}
 	for name, c := range map[string]struct {
-		mods   []Module
-		pruned bool
+		mods []Module
 	}{
-		"one dropped":      {append(slices.Clone(qv[:3]), qv[4:]...), false},
-		"regex selection":  {sel([]string{`re:model\.layers\.[01]\.mlp\..*`}, nil), false},
-		"pruned, complete": {qv[:8], true}, // layers 0–3 of 5: looks complete but is not
+		"one dropped":     {append(slices.Clone(qv[:3]), qv[4:]...)},
+		"regex selection": {sel([]string{`re:model\.layers\.[01]\.mlp\..*`}, nil)},
+		"layers 0–3 of 5": {qv[:8]}, // the last layer pruned away: complete but for it
 	} {
-		got, l := peftTargets(c.mods, nil, c.pruned, 5)
+		got, l := peftTargets(c.mods, nil, 5)
 		pat, ok := got.(string)
 		if !ok || l != nil {
 			t.Fatalf("%s: %v %v, want a regular expression and no layers", name, got, l)

@@ -109,13 +109,12 @@ func Select(mods []Module, targets []string, layers []int) ([]Module, error) {
 	return out, nil
 }
 
-// shortNames returns the sorted distinct short names of mods (PEFT's target_modules list).
 // peftTargets returns PEFT's target_modules and layers_to_transform for an adapter over mods:
 // the short names (with layers) when mods are every such module of the layers they cover (all
-// numLayers layers, or those of layers_to_transform), or
-// else one regular expression that PEFT full-matches against module paths, naming each module
-// (PEFT forbids layers_to_transform with a string target_modules, so it is nil then).
-func peftTargets(mods []Module, layers []int, pruned bool, numLayers int) (any, []int) {
+// numLayers layers, or those of layers_to_transform), or else one regular expression that PEFT
+// full-matches against module paths, naming each module (PEFT forbids layers_to_transform with
+// a string target_modules, so it is nil then).
+func peftTargets(mods []Module, layers []int, numLayers int) (any, []int) {
 	names := shortNames(mods)
 	seen := map[string]bool{}
 	lay := map[int]bool{}
@@ -125,7 +124,7 @@ func peftTargets(mods []Module, layers []int, pruned bool, numLayers int) (any, 
 		lay[m.Layer] = true
 		maxL = max(maxL, m.Layer)
 	}
-	full := !pruned && len(seen) == len(lay)*len(names)
+	full := len(seen) == len(lay)*len(names)
 	if full && len(layers) > 0 {
 		full = len(layers) == len(lay)
 		for _, l := range layers {
@@ -147,6 +146,7 @@ func peftTargets(mods []Module, layers []int, pruned bool, numLayers int) (any, 
 	return "(?:" + strings.Join(paths, "|") + ")", nil
 }
 
+// shortNames returns the sorted distinct short names of mods (PEFT's target_modules list).
 func shortNames(mods []Module) []string {
 	seen := map[string]bool{}
 	for _, m := range mods {

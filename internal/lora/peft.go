@@ -150,7 +150,7 @@ func (a *Adapter) Save(dir string) error {
 	if err := safetensors.Write(filepath.Join(dir, WeightsFile), ts, meta); err != nil {
 		return err
 	}
-	targets, layers := peftTargets(mods, a.Config.Layers, a.Config.Pruned, a.Config.NumLayers)
+	targets, layers := peftTargets(mods, a.Config.Layers, a.Config.NumLayers)
 	cfg := peftConfig{
 		PeftType: "LORA", TaskType: "CAUSAL_LM", R: a.Config.R, LoraAlpha: a.Config.Alpha, LoraDropout: a.Config.Dropout,
 		TargetModules: targets, UseRSLoRA: a.Config.RSLoRA, Bias: "none", BaseModel: a.Config.Base,

@@ -124,7 +124,7 @@ func SaveVeRA(dir string, v *VeRA) error {
 	if err := safetensors.Write(filepath.Join(dir, WeightsFile), ts, meta); err != nil {
 		return err
 	}
-	targets, layers := peftTargets(mods, v.Config.Layers, v.Config.Pruned, v.Config.NumLayers)
+	targets, layers := peftTargets(mods, v.Config.Layers, v.Config.NumLayers)
 	cfg := veraConfig{PeftType: "VERA", TaskType: "CAUSAL_LM", R: r, TargetModules: targets, SaveProjection: store, ProjectionPRNGKey: v.PRNGKey,
 		VeraDropout: v.Config.Dropout, DInitial: v.DInitial, Bias: "none", InitWeights: true,
 		LayersToTransform: layers, BaseModel: v.Config.Base, InferenceMode: true}

@@ -34,7 +34,6 @@ func pruned(a *lora.Adapter, keep [][]bool, scale []float64) (*lora.Adapter, []i
 		}
 		ranks[i] = len(idx)
 		if len(idx) == 0 {
-			out.Config.Pruned = true
 			continue
 		}
 		n := len(idx)
