@@ -244,20 +244,7 @@ func TestVeRASaveLoad(t *testing.T) {
 	}
 	check(a)
 	// As PEFT writes it: no loractl metadata.
-	f, err := safetensors.Open(filepath.Join(dir, WeightsFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ts []safetensors.Tensor
-	for _, info := range f.Tensors() {
-		vals, _ := f.Float32(info.Name)
-		b, _ := safetensors.EncodeFloat32(safetensors.F32, vals)
-		ts = append(ts, safetensors.Tensor{Name: info.Name, DType: safetensors.F32, Shape: info.Shape, Data: b})
-	}
-	f.Close()
-	if err := safetensors.Write(filepath.Join(dir, WeightsFile), ts, map[string]string{"format": "pt"}); err != nil {
-		t.Fatal(err)
-	}
+	rewriteAsPEFT(t, dir, dir, nil)
 	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "input widths") {
 		t.Fatalf("Load of a PEFT VeRA file: %v", err)
 	}
@@ -350,23 +337,7 @@ func TestVeRAWithoutProjections(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The PEFT-style copy: lambdas only, no loractl metadata, save_projection false.
-	f, err := safetensors.Open(filepath.Join(full, WeightsFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ts []safetensors.Tensor
-	for _, info := range f.Tensors() {
-		if strings.HasPrefix(info.Name, "base_model.vera_") {
-			continue
-		}
-		vals, _ := f.Float32(info.Name)
-		b, _ := safetensors.EncodeFloat32(safetensors.F32, vals)
-		ts = append(ts, safetensors.Tensor{Name: info.Name, DType: safetensors.F32, Shape: info.Shape, Data: b})
-	}
-	f.Close()
-	if err := safetensors.Write(filepath.Join(bare, WeightsFile), ts, map[string]string{"format": "pt"}); err != nil {
-		t.Fatal(err)
-	}
+	rewriteAsPEFT(t, full, bare, func(name string) bool { return strings.HasPrefix(name, "base_model.vera_") })
 	raw, _ := os.ReadFile(filepath.Join(full, ConfigFile))
 	cfg := strings.Replace(string(raw), `"save_projection": true`, `"save_projection": false`, 1)
 	if cfg == string(raw) || !strings.Contains(cfg, `"projection_prng_key": 1234`) {
@@ -430,5 +401,28 @@ func TestVeRAWithoutProjections(t *testing.T) {
 	}
 	if _, err := LoadFor(bare, c, ""); err == nil || !strings.Contains(err.Error(), "vera_A and vera_B are missing") {
 		t.Fatalf("save_projection true without the matrices: %v", err)
+	}
+}
+
+// rewriteAsPEFT writes src's adapter weights to dst as PEFT writes them: the same float32
+// tensors without loractl's header metadata, leaving out those that drop reports.
+func rewriteAsPEFT(t *testing.T, src, dst string, drop func(name string) bool) {
+	t.Helper()
+	f, err := safetensors.Open(filepath.Join(src, WeightsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ts []safetensors.Tensor
+	for _, info := range f.Tensors() {
+		if drop != nil && drop(info.Name) {
+			continue
+		}
+		vals, _ := f.Float32(info.Name)
+		b, _ := safetensors.EncodeFloat32(safetensors.F32, vals)
+		ts = append(ts, safetensors.Tensor{Name: info.Name, DType: safetensors.F32, Shape: info.Shape, Data: b})
+	}
+	f.Close()
+	if err := safetensors.Write(filepath.Join(dst, WeightsFile), ts, map[string]string{"format": "pt"}); err != nil {
+		t.Fatal(err)
 	}
 }
