@@ -5,7 +5,7 @@ Three checks, each against transformers + PEFT as the reference:
 
 1. load:     PeftModel.from_pretrained(base, ADAPTER) takes every tensor of
              adapter_model.safetensors (LoRA, DoRA or VeRA): each one equals the PEFT
-             model's tensor bit for bit, and no trainable PEFT tensor is left without one.
+             model's tensor bit for bit, and no adapter tensor of PEFT's is left without one.
 2. merged:   the folder `loractl merge` wrote loads with AutoModelForCausalLM, and its logits
              equal those of base + PEFT adapter (float32) within --rtol.
 3. generate: PEFT's greedy generation from each prompt of IDS (the JSON lines that
@@ -21,6 +21,31 @@ import re
 import sys
 
 import torch
+
+
+def peft_key(k):
+    """A PEFT model's state-dict key as PEFT writes it to a file: without the adapter name
+    (...lora_A.default.weight, ...vera_lambda_b.default) and, for DoRA's magnitude, without .weight."""
+    k = re.sub(r"\.default(?=\.|$)", "", k)
+    return k[: -len(".weight")] if k.endswith("lora_magnitude_vector.weight") else k
+
+
+def is_adapter_tensor(name):
+    """Whether a parameter of a PEFT model belongs to the adapter (LoRA, DoRA or VeRA); by name,
+    since a model loaded for inference has requires_grad off everywhere."""
+    return "lora_" in name or "vera_lambda_" in name
+
+
+def compare_load(model, want):
+    """(missing, unloaded, different) between a PEFT model and the file's tensors `want`: file
+    tensors the model lacks, adapter tensors of the model the file lacks, and tensors whose values
+    differ."""
+    state = {peft_key(k): v for k, v in model.state_dict().items()}
+    adapter = [peft_key(k) for k, _ in model.named_parameters() if is_adapter_tensor(k)]
+    missing = [k for k in want if k not in state]
+    unloaded = [k for k in adapter if k not in want]
+    differ = [k for k in want if k in state and not torch.equal(state[k].cpu(), want[k].to(state[k].dtype))]
+    return missing, unloaded, differ
 
 
 def main():
@@ -45,21 +70,14 @@ def main():
     base = AutoModelForCausalLM.from_pretrained(a.base, torch_dtype=torch.float32).to(dev).eval()
     model = PeftModel.from_pretrained(base, a.adapter).to(dev).eval()
 
-    # 1. every tensor of the file is in the model, unchanged, and every trainable tensor of the
+    # 1. every tensor of the file is in the model, unchanged, and every adapter tensor of the
     #    PEFT model came from the file (LoRA: lora_A/lora_B; DoRA: also lora_magnitude_vector;
     #    VeRA: vera_lambda_b/d, and the shared vera_A/vera_B when the file holds them)
     want = load_file(f"{a.adapter}/adapter_model.safetensors")
 
-    def canon(k):  # PEFT inserts the adapter name: ...lora_A.default.weight, ...vera_lambda_b.default
-        k = re.sub(r"\.default(?=\.|$)", "", k)
-        return k[: -len(".weight")] if k.endswith("lora_magnitude_vector.weight") else k
-
-    state = {canon(k): v for k, v in model.state_dict().items()}
-    trainable = [canon(k) for k, p in model.named_parameters() if p.requires_grad]
-    missing = [k for k in want if k not in state]
-    unloaded = [k for k in trainable if k not in want]
-    differ = [k for k in want if k in state and not torch.equal(state[k].cpu(), want[k].to(state[k].dtype))]
-    print(f"load ({model.peft_config['default'].peft_type}): {len(want)} tensors in the file, {len(trainable)} trainable "
+    missing, unloaded, differ = compare_load(model, want)
+    adapter = [k for k, _ in model.named_parameters() if is_adapter_tensor(k)]
+    print(f"load ({model.peft_config['default'].peft_type}): {len(want)} tensors in the file, {len(adapter)} adapter "
           f"tensors in the PEFT model; missing {len(missing)}, not from the file {len(unloaded)}, different {len(differ)}")
     if missing or unloaded or differ:
         failures.append("load")

@@ -127,6 +127,9 @@ def main():
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from peft_fidelity import compare_load
+
     torch.manual_seed(0)
     failures = []
     base, c = build(a.base)
@@ -175,16 +178,8 @@ def main():
         want = load_file(os.path.join(ad, "adapter_model.safetensors"))
         res = set_peft_model_state_dict(w, want, "default")
         unexpected = list(getattr(res, "unexpected_keys", []))
-        state = {k: v for k, v in w.state_dict().items()}
-
-        def canon(k):
-            k = k.replace(".default", "")
-            return k[: -len(".weight")] if k.endswith("lora_magnitude_vector.weight") else k
-
-        st = {canon(k): v for k, v in state.items()}
-        adapter_keys = [canon(k) for k, p in w.named_parameters() if p.requires_grad or "lora_" in k or "vera_lambda" in k]
-        unloaded = [k for k in adapter_keys if k not in want]
-        differ = [k for k in want if k not in st or not torch.equal(st[k], want[k].to(st[k].dtype))]
+        missing, unloaded, differ = compare_load(w, want)
+        differ = missing + differ  # reported together: not in the model as the file has it
         merged, _ = build(merged_dir)
         worst = 0.0
         with torch.no_grad():
